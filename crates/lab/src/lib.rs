@@ -1,1 +1,15 @@
-//! placeholder
+//! deep_sched lab: what makes the collect → learn → deploy → compare loop
+//! reproducible on one machine.
+//!
+//! - [`backend`]: the backend emulator (the social network's endpoints,
+//!   bounded workers, noisy neighbour, failure modes), as a library and as
+//!   the `deep-sched-backend` binary;
+//! - [`load`] and [`schedule`]: the open-loop load generator
+//!   (`deep-sched-load`) and its arrival schedules (constant rate,
+//!   `gen_load`, day/night);
+//! - [`dist`]: the random delays both use;
+//! - [`percentiles`]: HDR latency histograms and their summaries.
+
+pub mod backend;
+pub mod dist;
+pub mod percentiles;
