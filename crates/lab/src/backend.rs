@@ -549,13 +549,14 @@ fn accept_connection(
     let every = shared.drop_every.load(Ordering::Relaxed);
     if n.checked_rem(every) == Some(0) {
         // Reset rather than a polite FIN, like a crashed worker.
-        let _ = stream.set_zero_linger();
-        drop(stream);
+        // Count first: the peer may ask for stats as soon as it sees the reset.
         shared
             .recorded
             .lock()
             .expect("stats lock")
             .dropped_connections += 1;
+        let _ = stream.set_zero_linger();
+        drop(stream);
         return;
     }
     let _ = stream.set_nodelay(true);

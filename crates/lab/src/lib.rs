@@ -12,4 +12,6 @@
 
 pub mod backend;
 pub mod dist;
+pub mod load;
 pub mod percentiles;
+pub mod schedule;
