@@ -8,7 +8,10 @@ use std::env;
 
 /// (minimum nginx version number, cfg name) pairs the glue can test with
 /// `#[cfg(...)]`.
-const VERSION_GATES: &[(u64, &str)] = &[(1_023_000, "nginx1_23")];
+const VERSION_GATES: &[(u64, &str)] = &[
+    // rr peers carry `refs`/`zombie` (re-resolvable servers in a zone).
+    (1_027_003, "ngx_peer_refs"),
+];
 
 fn main() {
     for var in [
