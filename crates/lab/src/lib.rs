@@ -8,10 +8,15 @@
 //!   (`deep-sched-load`) and its arrival schedules (constant rate,
 //!   `gen_load`, day/night);
 //! - [`dist`]: the random delays both use;
-//! - [`percentiles`]: HDR latency histograms and their summaries.
+//! - [`percentiles`]: HDR latency histograms and their summaries;
+//! - [`experiment`], [`nginx`], [`report`]: the experiment runner
+//!   (`deep-sched-lab`): scenarios x balancers behind a real nginx, reports.
 
 pub mod backend;
 pub mod dist;
+pub mod experiment;
 pub mod load;
+pub mod nginx;
 pub mod percentiles;
+pub mod report;
 pub mod schedule;

@@ -1,1 +1,217 @@
-fn main() {}
+//! `deep-sched-lab`: experiment runner (scenarios x balancers against a real
+//! nginx and emulated backends) and the distribution study.
+//!
+//! ```text
+//! deep-sched-lab run S1 S2 --nginx build/sbin/nginx --duration 30s --reps 3
+//! deep-sched-lab distribution --nginx build/sbin/nginx
+//! deep-sched-lab list
+//! ```
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use deep_sched_lab::experiment::{
+    builtin_balancers, default_work_dir, distribution, run_scenario, Scenario, Settings,
+};
+use deep_sched_lab::report::{write_distribution_report, write_scenario_report};
+
+/// deep_sched lab: explore -> learn -> compare against nginx's balancers.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// nginx binary (for deep_sched: the one the module was built against).
+    #[arg(long, default_value = "build/sbin/nginx")]
+    nginx: PathBuf,
+    /// nginx worker_processes.
+    #[arg(long, default_value_t = 2)]
+    worker_processes: usize,
+    /// Where SCENARIO/report.md and plots go.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// Scratch directory for nginx prefixes and sample logs (default: a new
+    /// directory under $TMPDIR, removed at the end unless --keep-work).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the scratch directory.
+    #[arg(long)]
+    keep_work: bool,
+    /// Base seed of arrivals and service times.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// List the scenarios.
+    List,
+    /// Run scenarios (S1..S6 or `all`) and write their reports.
+    Run {
+        /// Scenario ids.
+        #[arg(required = true)]
+        scenarios: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+        /// Length of each evaluation run.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        duration: Duration,
+        /// Repetitions per balancer.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// deep_sched module (.so); with --learner, adds deep_sched.
+        #[arg(long)]
+        module: Option<PathBuf>,
+        /// `deep-sched` learner binary.
+        #[arg(long)]
+        learner: Option<PathBuf>,
+        /// Length of the exploration run.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+        explore: Duration,
+        /// Only these balancers (round_robin, least_conn,
+        /// random_two_least_conn, hash_consistent, deep_sched).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// N = 2..6 idle peers, 10,000 requests each: std. dev. of per-peer counts.
+    Distribution {
+        #[command(flatten)]
+        common: Common,
+        /// Requests per (balancer, N).
+        #[arg(long, default_value_t = 10_000)]
+        requests: u64,
+    },
+}
+
+fn nginx_version(nginx: &PathBuf) -> String {
+    Command::new(nginx)
+        .arg("-v")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .trim()
+                .rsplit('/')
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".to_string())
+}
+
+fn settings(common: &Common) -> anyhow::Result<Settings> {
+    anyhow::ensure!(
+        common.nginx.is_file(),
+        "--nginx {}: no such file (build it with scripts/build.sh or pass another nginx)",
+        common.nginx.display()
+    );
+    let work_dir = common.work_dir.clone().unwrap_or_else(default_work_dir);
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating the work directory {}", work_dir.display()))?;
+    // nginx resolves relative paths against its prefix: make ours absolute.
+    let abs = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    Ok(Settings {
+        nginx: abs(&common.nginx),
+        module: None,
+        learner: None,
+        duration: Duration::from_secs(30),
+        explore: Duration::from_secs(120),
+        reps: 3,
+        worker_processes: common.worker_processes,
+        work_dir: abs(&work_dir),
+        results_dir: common.results.clone(),
+        seed: common.seed,
+        only: Vec::new(),
+    })
+}
+
+fn cleanup(common: &Common, settings: &Settings) {
+    if !common.keep_work && common.work_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&settings.work_dir);
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::List => {
+            for s in Scenario::all() {
+                println!("{}  {}", s.id, s.title);
+                println!("    load: {}", s.describe_load());
+            }
+        }
+        Cmd::Run {
+            scenarios,
+            common,
+            duration,
+            reps,
+            module,
+            learner,
+            explore,
+            only,
+        } => {
+            let chosen: Vec<Scenario> = if scenarios.iter().any(|s| s == "all") {
+                Scenario::all()
+            } else {
+                scenarios
+                    .iter()
+                    .map(|id| {
+                        Scenario::by_id(id).with_context(|| {
+                            format!("scenario `{id}`: expected one of S1..S6 or all")
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            };
+            let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+            if let Some(m) = &module {
+                anyhow::ensure!(m.is_file(), "--module {}: no such file", m.display());
+                anyhow::ensure!(learner.is_some(), "--module needs --learner");
+            }
+            let settings = Settings {
+                duration,
+                reps: reps.max(1),
+                module: module.map(abs),
+                learner: learner.map(abs),
+                explore,
+                only,
+                ..settings(&common)?
+            };
+            let version = nginx_version(&settings.nginx);
+            let mut outcome = Ok(());
+            for s in &chosen {
+                let results = match run_scenario(s, &settings) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        outcome = Err(anyhow::Error::new(e).context(format!("scenario {}", s.id)));
+                        break;
+                    }
+                };
+                let dir = settings.results_dir.join(s.id);
+                let report = write_scenario_report(s, &settings, &results, &version, &dir)?;
+                println!("{}: {}", s.id, report.display());
+            }
+            cleanup(&common, &settings);
+            outcome?;
+        }
+        Cmd::Distribution { common, requests } => {
+            let settings = settings(&common)?;
+            let version = nginx_version(&settings.nginx);
+            let table = distribution(&settings, &builtin_balancers(), 2..=6, requests);
+            cleanup(&common, &settings);
+            let report = write_distribution_report(
+                &table?,
+                requests,
+                &version,
+                &settings.results_dir.join("distribution"),
+            )?;
+            println!("distribution: {}", report.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,842 @@
+//! Experiment runner: scenarios × balancers, interleaved and repeated,
+//! against emulated backends behind a real nginx.
+//!
+//! One run = fresh backends (in this process, on 127.0.0.1:0) + a fresh
+//! nginx with one balancer + one open-loop load run; the backends' own
+//! service-time p99 of that run is its *floor*. Balancers are interleaved
+//! (rep 1: all balancers, rep 2: all balancers, ...) so slow drifts of the
+//! shared machine hit every balancer alike; each rep uses its own arrival
+//! seed, the same for every balancer.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{self, BackendConfig, BackendStats, Endpoint, ServiceTimes, SlowSchedule};
+use crate::dist::Delay;
+use crate::load::{self, LoadConfig, LoadSummary, TypeSummary};
+use crate::nginx::{free_port, Balancer, NginxConf, NginxProcess, UpstreamSpec};
+use crate::percentiles::{new_histogram, Percentiles};
+use crate::schedule::{DayNight, GenLoad, LoadPlan, DAY_NIGHT_FRACTIONS};
+
+/// One emulated backend of a scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendSpec {
+    /// Workers (concurrency).
+    pub workers: usize,
+    /// Service times.
+    pub service: ServiceTimes,
+    /// Noisy-neighbour schedule.
+    pub slow: Option<SlowSchedule>,
+}
+
+/// What load a scenario sends.
+#[derive(Debug, Clone, Copy)]
+pub enum Workload {
+    /// Poisson at `load` × capacity, spread over the three endpoints.
+    Rate {
+        /// Fraction of the backends' total capacity.
+        load: f64,
+    },
+    /// `gen_load` with its default ranges, times and rates scaled.
+    GenLoad {
+        /// Multiplies run/back-off lengths.
+        time_scale: f64,
+        /// Multiplies rates (default 1000–2000 per type).
+        rate_scale: f64,
+    },
+    /// Day/night profile peaking at `peak_load` × capacity.
+    DayNight {
+        /// Fraction of capacity at load fraction 1.
+        peak_load: f64,
+        /// Steps per day.
+        breakpoints: usize,
+    },
+}
+
+/// How nginx routes the request types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One upstream `social` for everything.
+    Single,
+    /// One upstream per request type over the same backends (the
+    /// research's setup, one 27-state agent).
+    PerType,
+}
+
+/// Something that happens during a run.
+#[derive(Debug, Clone, Copy)]
+pub enum Event {
+    /// Backend `peer` stops listening at `at` × the run's length.
+    PeerDies {
+        /// Index of the backend.
+        peer: usize,
+        /// Fraction of the run.
+        at: f64,
+    },
+}
+
+/// An experiment scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// `S1` .. `S6`.
+    pub id: &'static str,
+    /// One line.
+    pub title: &'static str,
+    /// The backends.
+    pub backends: Vec<BackendSpec>,
+    /// The load.
+    pub workload: Workload,
+    /// Upstream layout.
+    pub layout: Layout,
+    /// Optional event.
+    pub event: Option<Event>,
+}
+
+fn exp10() -> ServiceTimes {
+    ServiceTimes::uniform(Delay::Exponential { mean_ms: 10.0 })
+}
+
+fn backends(workers: &[usize], service: ServiceTimes) -> Vec<BackendSpec> {
+    workers
+        .iter()
+        .map(|&workers| BackendSpec {
+            workers,
+            service,
+            slow: None,
+        })
+        .collect()
+}
+
+impl Scenario {
+    /// The six scenarios of the lab.
+    pub fn all() -> Vec<Scenario> {
+        let mut noisy = backends(&[8, 8, 8], exp10());
+        noisy[2].slow = Some(SlowSchedule {
+            factor: 5.0,
+            period: Duration::from_secs(15),
+            slow_for: Duration::from_secs(5),
+        });
+        vec![
+            Scenario {
+                id: "S1",
+                title: "homogeneous: 3 x 8 workers, exponential 10 ms, 70% load",
+                backends: backends(&[8, 8, 8], exp10()),
+                workload: Workload::Rate { load: 0.7 },
+                layout: Layout::Single,
+                event: None,
+            },
+            Scenario {
+                id: "S2",
+                title: "heterogeneous capacity: 8/8/3 workers, exponential 10 ms, 70% load",
+                backends: backends(&[8, 8, 3], exp10()),
+                workload: Workload::Rate { load: 0.7 },
+                layout: Layout::Single,
+                event: None,
+            },
+            Scenario {
+                id: "S3",
+                title: "noisy neighbour: peer 3 five times slower 5 s of every 15 s, 70% load",
+                backends: noisy,
+                workload: Workload::Rate { load: 0.7 },
+                layout: Layout::Single,
+                event: None,
+            },
+            Scenario {
+                id: "S4",
+                title: "peer failure: peer 3 stops listening at 40% of the run, 55% load",
+                backends: backends(&[8, 8, 8], exp10()),
+                workload: Workload::Rate { load: 0.55 },
+                layout: Layout::Single,
+                event: Some(Event::PeerDies { peer: 2, at: 0.4 }),
+            },
+            Scenario {
+                id: "S5",
+                title:
+                    "the research's setup: one upstream per request type over 3 backends, gen_load",
+                backends: backends(&[8, 8, 8], ServiceTimes::default()),
+                workload: Workload::GenLoad {
+                    time_scale: 0.05,
+                    rate_scale: 0.25,
+                },
+                layout: Layout::PerType,
+                event: None,
+            },
+            Scenario {
+                id: "S6",
+                title: "day/night profile over 8/8/3 workers, peak 85% load",
+                backends: backends(&[8, 8, 3], exp10()),
+                workload: Workload::DayNight {
+                    peak_load: 0.85,
+                    breakpoints: 24,
+                },
+                layout: Layout::Single,
+                event: None,
+            },
+        ]
+    }
+
+    /// The scenario called `id` (case-insensitive).
+    pub fn by_id(id: &str) -> Option<Scenario> {
+        Scenario::all()
+            .into_iter()
+            .find(|s| s.id.eq_ignore_ascii_case(id))
+    }
+
+    /// Requests per second the backends can serve with the three endpoints
+    /// in equal parts: `Σ workers / mean service time`.
+    pub fn capacity_rps(&self) -> f64 {
+        self.backends
+            .iter()
+            .map(|b| {
+                let mean_ms = Endpoint::ALL
+                    .iter()
+                    .map(|e| b.service.of(*e).mean_ms())
+                    .sum::<f64>()
+                    / 3.0;
+                b.workers as f64 * 1000.0 / mean_ms
+            })
+            .sum()
+    }
+
+    /// The load plan of one run of `duration` with arrival seed `seed`.
+    pub fn plan(&self, duration: Duration, seed: u64) -> LoadPlan {
+        let paths: Vec<String> = Endpoint::ALL.iter().map(|e| e.path().to_string()).collect();
+        match self.workload {
+            Workload::Rate { load } => {
+                LoadPlan::constant(load * self.capacity_rps(), duration, &paths)
+            }
+            Workload::GenLoad {
+                time_scale,
+                rate_scale,
+            } => GenLoad {
+                duration_s: duration.as_secs_f64(),
+                time_scale,
+                rate_scale,
+                paths,
+                seed,
+                ..GenLoad::default()
+            }
+            .plan(),
+            Workload::DayNight {
+                peak_load,
+                breakpoints,
+            } => DayNight {
+                fractions: DAY_NIGHT_FRACTIONS.to_vec(),
+                breakpoints,
+                cycles: 1,
+                duration_s: duration.as_secs_f64(),
+                max_rps: peak_load * self.capacity_rps(),
+                paths,
+            }
+            .plan(),
+        }
+    }
+
+    /// The upstreams over the given backend addresses.
+    pub fn upstreams(&self, peers: &[std::net::SocketAddr]) -> Vec<UpstreamSpec> {
+        match self.layout {
+            Layout::Single => vec![UpstreamSpec {
+                name: "social".into(),
+                locations: vec!["/".into()],
+                peers: peers.to_vec(),
+            }],
+            Layout::PerType => Endpoint::ALL
+                .iter()
+                .map(|e| UpstreamSpec {
+                    name: e.label().to_string(),
+                    locations: vec![format!("= {}", e.path())],
+                    peers: peers.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Human description of the load (for the report).
+    pub fn describe_load(&self) -> String {
+        let cap = self.capacity_rps();
+        match self.workload {
+            Workload::Rate { load } => format!(
+                "Poisson, {:.0} req/s = {:.0}% of capacity {cap:.0} req/s, the three endpoints in equal parts",
+                load * cap,
+                load * 100.0
+            ),
+            Workload::GenLoad { time_scale, rate_scale } => format!(
+                "gen_load per endpoint: busy {:.1}-{:.0} s at {:.0}-{:.0} req/s (shape exponential/normal/fixed/zipf), back-off {:.1}-{:.0} s; capacity {cap:.0} req/s",
+                30.0 * time_scale, 600.0 * time_scale, 1000.0 * rate_scale, 2000.0 * rate_scale,
+                10.0 * time_scale, 100.0 * time_scale
+            ),
+            Workload::DayNight { peak_load, breakpoints } => format!(
+                "day/night profile, {breakpoints} steps, peak {:.0} req/s = {:.0}% of capacity {cap:.0} req/s",
+                peak_load * cap, peak_load * 100.0
+            ),
+        }
+    }
+}
+
+/// Settings of an experiment (all scenarios share them).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// nginx binary.
+    pub nginx: PathBuf,
+    /// deep_sched module, if it is to be evaluated.
+    pub module: Option<PathBuf>,
+    /// `deep-sched` learner binary (needed with `module`).
+    pub learner: Option<PathBuf>,
+    /// Length of one evaluation run.
+    pub duration: Duration,
+    /// Length of the exploration run.
+    pub explore: Duration,
+    /// Repetitions per balancer.
+    pub reps: usize,
+    /// nginx `worker_processes`.
+    pub worker_processes: usize,
+    /// Scratch directory (nginx prefixes, sample logs).
+    pub work_dir: PathBuf,
+    /// Where `SCENARIO/report.md` goes.
+    pub results_dir: PathBuf,
+    /// Base seed.
+    pub seed: u64,
+    /// Balancers to evaluate by name (empty: all available).
+    pub only: Vec<String>,
+}
+
+/// Errors of the experiment runner.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    /// A backend did not start.
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    /// nginx did not start.
+    #[error(transparent)]
+    Nginx(#[from] crate::nginx::NginxError),
+    /// The load generator failed.
+    #[error(transparent)]
+    Load(#[from] load::LoadError),
+    /// Learning the policy failed.
+    #[error("learning the policy for {scenario}: `{command}`: {reason}")]
+    Learn {
+        /// Scenario id.
+        scenario: String,
+        /// Command line.
+        command: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// File trouble.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path concerned.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExperimentError + '_ {
+    move |source| ExperimentError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Balancer name.
+    pub balancer: String,
+    /// Repetition (0-based).
+    pub rep: usize,
+    /// Load generator summary (timeline kept for plots, not in summary.json).
+    pub load: LoadSummary,
+    /// Each backend's own measurements.
+    pub backends: Vec<BackendStats>,
+    /// Service time of all backends together: its p99 is the floor.
+    pub floor: Percentiles,
+    /// Decision log of deep_sched during this run, if any.
+    pub decisions: Option<PathBuf>,
+}
+
+impl RunResult {
+    /// Share of answered requests per backend name.
+    pub fn shares(&self) -> BTreeMap<String, f64> {
+        let total: u64 = self.load.peers.values().sum();
+        self.backends
+            .iter()
+            .map(|b| {
+                let n = self.load.peers.get(&b.backend).copied().unwrap_or(0);
+                (b.backend.clone(), n as f64 / total.max(1) as f64)
+            })
+            .collect()
+    }
+}
+
+/// Runs one balancer once.
+pub fn run_once(
+    scenario: &Scenario,
+    settings: &Settings,
+    balancer: &Balancer,
+    rep: usize,
+    duration: Duration,
+) -> Result<RunResult, ExperimentError> {
+    let seed = settings.seed.wrapping_add(1000 * rep as u64);
+    let handles = scenario
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            backend::spawn(BackendConfig {
+                name: format!("b{}", i + 1),
+                workers: b.workers,
+                service: b.service,
+                slow: b.slow,
+                seed: seed.wrapping_add(i as u64),
+                ..BackendConfig::default()
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let peers: Vec<_> = handles.iter().map(|h| h.addr()).collect();
+    let port = free_port().map_err(io_err(&settings.work_dir))?;
+    let prefix = settings
+        .work_dir
+        .join(scenario.id)
+        .join(format!("{}-{rep}", balancer.name()));
+    let conf = NginxConf {
+        prefix,
+        port,
+        worker_processes: settings.worker_processes,
+        module: if balancer.needs_module() {
+            settings.module.clone()
+        } else {
+            None
+        },
+        upstreams: scenario.upstreams(&peers),
+        balancer: balancer.clone(),
+    };
+    let mut nginx = NginxProcess::start(&settings.nginx, &conf)?;
+    let plan = scenario.plan(duration, seed);
+    let config = LoadConfig {
+        progress: false,
+        seed,
+        timeout: Duration::from_secs(10),
+        ..LoadConfig::new(format!("http://{}", nginx.addr), plan)
+    };
+    let summary = std::thread::scope(|s| {
+        if let Some(Event::PeerDies { peer, at }) = scenario.event {
+            if let Some(control) = handles.get(peer).map(|h| h.control().clone()) {
+                s.spawn(move || {
+                    std::thread::sleep(duration.mul_f64(at));
+                    control.set_mode(backend::Mode::Refuse);
+                });
+            }
+        }
+        load::run_blocking(config)
+    })?;
+    nginx.stop();
+    let mut merged = new_histogram();
+    let backends = handles
+        .iter()
+        .map(|h| {
+            merged
+                .add(h.control().service_histogram())
+                .expect("same bounds");
+            h.stats()
+        })
+        .collect();
+    let decisions = match balancer {
+        Balancer::DeepSched { log: Some(l), .. } => Some(l.clone()),
+        _ => None,
+    };
+    Ok(RunResult {
+        balancer: balancer.name().to_string(),
+        rep,
+        load: summary,
+        backends,
+        floor: Percentiles::of(&merged),
+        decisions,
+    })
+}
+
+/// The balancers of an experiment: the four built-ins, plus deep_sched
+/// when the module and the learner are given (its policy is learned by
+/// [`explore_and_learn`]).
+pub fn builtin_balancers() -> Vec<Balancer> {
+    vec![
+        Balancer::RoundRobin,
+        Balancer::LeastConn,
+        Balancer::RandomTwo,
+        Balancer::HashConsistent,
+    ]
+}
+
+/// Exploration run (`deep_sched explore`) and `deep-sched learn` on its
+/// samples; returns the policy path. The learner's output goes to
+/// `RESULTS/SCENARIO/learn.txt`.
+pub fn explore_and_learn(
+    scenario: &Scenario,
+    settings: &Settings,
+    learner: &Path,
+) -> Result<PathBuf, ExperimentError> {
+    let dir = settings.work_dir.join(scenario.id);
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let samples = dir.join("explore.samples.jsonl");
+    let _ = std::fs::remove_file(&samples);
+    let explore = Balancer::DeepSchedExplore {
+        log: samples.clone(),
+        interval_ms: 1000,
+    };
+    eprintln!("{}: exploring for {:?} ...", scenario.id, settings.explore);
+    run_once(scenario, settings, &explore, 99, settings.explore)?;
+    let policy = dir.join("policy.json");
+    let mut cmd = Command::new(learner);
+    cmd.arg("learn")
+        .arg("--samples")
+        .arg(&samples)
+        .arg("--out")
+        .arg(&policy)
+        .arg("--seed")
+        .arg(settings.seed.to_string());
+    let command = format!("{cmd:?}");
+    eprintln!("{}: learning: {command}", scenario.id);
+    let out = cmd.output().map_err(|e| ExperimentError::Learn {
+        scenario: scenario.id.to_string(),
+        command: command.clone(),
+        reason: e.to_string(),
+    })?;
+    let results = settings.results_dir.join(scenario.id);
+    std::fs::create_dir_all(&results).map_err(io_err(&results))?;
+    let log = results.join("learn.txt");
+    let text = format!(
+        "$ deep-sched learn --samples explore.samples.jsonl --out policy.json --seed {}\n{}{}",
+        settings.seed,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&log, text).map_err(io_err(&log))?;
+    if !out.status.success() {
+        return Err(ExperimentError::Learn {
+            scenario: scenario.id.to_string(),
+            command,
+            reason: format!("exited with {}; see {}", out.status, log.display()),
+        });
+    }
+    // keep the learned policy next to the report (small JSON)
+    let kept = results.join("policy.json");
+    std::fs::copy(&policy, &kept).map_err(io_err(&kept))?;
+    Ok(policy)
+}
+
+/// Runs every balancer `settings.reps` times, interleaved.
+pub fn run_scenario(
+    scenario: &Scenario,
+    settings: &Settings,
+) -> Result<Vec<RunResult>, ExperimentError> {
+    let mut balancers = builtin_balancers();
+    if let (Some(_), Some(learner)) = (&settings.module, &settings.learner) {
+        let policy = explore_and_learn(scenario, settings, learner)?;
+        balancers.push(Balancer::DeepSched { policy, log: None });
+    }
+    if !settings.only.is_empty() {
+        balancers.retain(|b| settings.only.iter().any(|n| n == b.name()));
+    }
+    let mut results = Vec::new();
+    for rep in 0..settings.reps {
+        for b in &balancers {
+            let b = match b {
+                Balancer::DeepSched { policy, .. } => Balancer::DeepSched {
+                    policy: policy.clone(),
+                    log: Some(
+                        settings
+                            .work_dir
+                            .join(scenario.id)
+                            .join(format!("deep_sched-{rep}.decisions.jsonl")),
+                    ),
+                },
+                other => other.clone(),
+            };
+            eprintln!(
+                "{}: rep {}/{} {} ({:?})",
+                scenario.id,
+                rep + 1,
+                settings.reps,
+                b.name(),
+                settings.duration
+            );
+            let r = run_once(scenario, settings, &b, rep, settings.duration)?;
+            eprintln!(
+                "{}:   p99 {:.1} ms (floor {:.1}), {:.0} req/s, {} errors",
+                scenario.id,
+                r.load.total.latency.p99_ms,
+                r.floor.p99_ms,
+                r.load.total.rps,
+                r.load.total.errors.total()
+            );
+            results.push(r);
+        }
+    }
+    Ok(results)
+}
+
+/// Median of `xs` (mean of the two middle values for an even count; 0 for
+/// none).
+pub fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One balancer's medians over its repetitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BalancerSummary {
+    /// Balancer name.
+    pub balancer: String,
+    /// Repetitions.
+    pub runs: usize,
+    /// Medians of the client-side latency percentiles, ms.
+    pub p50_ms: f64,
+    /// See `p50_ms`.
+    pub p90_ms: f64,
+    /// See `p50_ms`.
+    pub p99_ms: f64,
+    /// See `p50_ms`.
+    pub p999_ms: f64,
+    /// Each repetition's p99, ms (the spread).
+    pub p99_runs_ms: Vec<f64>,
+    /// Median of the backends' service-time p99, ms (the floor).
+    pub floor_p99_ms: f64,
+    /// Median answered requests per second.
+    pub rps: f64,
+    /// Median failed requests.
+    pub errors: f64,
+    /// Failures by kind, summed over the repetitions.
+    pub errors_by_kind: load::Errors,
+    /// Median share per backend.
+    pub shares: BTreeMap<String, f64>,
+    /// Per request type: median p99, ms.
+    pub type_p99_ms: BTreeMap<String, f64>,
+}
+
+/// Medians per balancer, in the order the balancers first appear.
+pub fn summarise(results: &[RunResult]) -> Vec<BalancerSummary> {
+    let mut order: Vec<&str> = Vec::new();
+    for r in results {
+        if !order.contains(&r.balancer.as_str()) {
+            order.push(&r.balancer);
+        }
+    }
+    order
+        .into_iter()
+        .map(|name| {
+            let runs: Vec<&RunResult> = results.iter().filter(|r| r.balancer == name).collect();
+            let m = |f: &dyn Fn(&RunResult) -> f64| {
+                median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
+            };
+            let total = |r: &RunResult| -> TypeSummary { r.load.total.clone() };
+            let mut errors_by_kind = load::Errors::default();
+            for r in &runs {
+                let e = r.load.total.errors;
+                errors_by_kind.connect += e.connect;
+                errors_by_kind.timeout += e.timeout;
+                errors_by_kind.status_5xx += e.status_5xx;
+                errors_by_kind.other += e.other;
+            }
+            let backends: Vec<String> = runs
+                .first()
+                .map(|r| r.backends.iter().map(|b| b.backend.clone()).collect())
+                .unwrap_or_default();
+            let shares = backends
+                .iter()
+                .map(|b| (b.clone(), m(&|r| r.shares().get(b).copied().unwrap_or(0.0))))
+                .collect();
+            let types: Vec<String> = runs
+                .first()
+                .map(|r| r.load.types.keys().cloned().collect())
+                .unwrap_or_default();
+            let type_p99_ms = types
+                .iter()
+                .map(|t| {
+                    (
+                        t.clone(),
+                        m(&|r| r.load.types.get(t).map_or(0.0, |x| x.latency.p99_ms)),
+                    )
+                })
+                .collect();
+            BalancerSummary {
+                balancer: name.to_string(),
+                runs: runs.len(),
+                p50_ms: m(&|r| total(r).latency.p50_ms),
+                p90_ms: m(&|r| total(r).latency.p90_ms),
+                p99_ms: m(&|r| total(r).latency.p99_ms),
+                p999_ms: m(&|r| total(r).latency.p999_ms),
+                p99_runs_ms: runs.iter().map(|r| r.load.total.latency.p99_ms).collect(),
+                floor_p99_ms: m(&|r| r.floor.p99_ms),
+                rps: m(&|r| r.load.total.rps),
+                errors: m(&|r| r.load.total.errors.total() as f64),
+                errors_by_kind,
+                shares,
+                type_p99_ms,
+            }
+        })
+        .collect()
+}
+
+/// Default scratch directory for a run: `$TMPDIR/deep-sched-lab-PID`.
+pub fn default_work_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("deep-sched-lab-{}", std::process::id()))
+}
+
+/// Population standard deviation of `counts`: `sqrt(Σ (c - mean)² / n)`.
+pub fn std_dev(counts: &[u64]) -> f64 {
+    if counts.is_empty() {
+        return 0.0;
+    }
+    let n = counts.len() as f64;
+    let mean = counts.iter().sum::<u64>() as f64 / n;
+    (counts
+        .iter()
+        .map(|&c| (c as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt()
+}
+
+/// The consistent-hashing study: `requests` requests through nginx to
+/// `n` idle backends for each `n` in `peers` and each balancer; returns the
+/// standard deviation of the per-peer counts.
+pub fn distribution(
+    settings: &Settings,
+    balancers: &[Balancer],
+    peers: std::ops::RangeInclusive<usize>,
+    requests: u64,
+) -> Result<crate::report::DistributionTable, ExperimentError> {
+    use crate::schedule::{Arrivals, Phase, Stream};
+    let rps = 2000.0;
+    let duration_s = requests as f64 / rps;
+    let mut table = crate::report::DistributionTable::new();
+    for b in balancers {
+        for n in peers.clone() {
+            let handles = (0..n)
+                .map(|i| {
+                    backend::spawn(BackendConfig {
+                        name: format!("b{}", i + 1),
+                        workers: 256,
+                        service: ServiceTimes::uniform(Delay::Fixed { ms: 0.5 }),
+                        ..BackendConfig::default()
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let addrs: Vec<_> = handles.iter().map(|h| h.addr()).collect();
+            let conf = NginxConf {
+                prefix: settings
+                    .work_dir
+                    .join("distribution")
+                    .join(format!("{}-{n}", b.name())),
+                port: free_port().map_err(io_err(&settings.work_dir))?,
+                worker_processes: settings.worker_processes,
+                module: None,
+                upstreams: vec![UpstreamSpec {
+                    name: "social".into(),
+                    locations: vec!["/".into()],
+                    peers: addrs,
+                }],
+                balancer: b.clone(),
+            };
+            let nginx = NginxProcess::start(&settings.nginx, &conf)?;
+            // Evenly spaced arrivals, half a period early so exactly
+            // `requests` fall inside the run.
+            let plan = LoadPlan {
+                duration_s,
+                streams: vec![Stream {
+                    label: "home".into(),
+                    path: Endpoint::HomeTimeline.path().into(),
+                    phases: vec![Phase {
+                        start_s: -0.5 / rps,
+                        duration_s: duration_s + 0.25 / rps,
+                        rps,
+                        arrivals: Arrivals::Fixed,
+                    }],
+                }],
+            };
+            let summary = load::run_blocking(LoadConfig {
+                progress: false,
+                ..LoadConfig::new(format!("http://{}", nginx.addr), plan)
+            })?;
+            drop(nginx);
+            if summary.total.errors.total() > 0 {
+                eprintln!(
+                    "distribution: {} N={n}: {} failed requests ({:?})",
+                    b.name(),
+                    summary.total.errors.total(),
+                    summary.total.errors
+                );
+            }
+            let counts: Vec<u64> = handles.iter().map(|h| h.stats().count).collect();
+            eprintln!("distribution: {} N={n}: {counts:?}", b.name());
+            table
+                .entry(b.name().to_string())
+                .or_default()
+                .insert(n, std_dev(&counts));
+        }
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn std_dev_is_the_population_one() {
+        assert_eq!(std_dev(&[5, 5, 5]), 0.0);
+        // mean 5, squared deviations 9 + 1 + 1 + 9 = 20, / 4 = 5
+        assert!((std_dev(&[2, 4, 6, 8]) - 5f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn capacities_follow_workers_and_service_times() {
+        let s1 = Scenario::by_id("s1").unwrap();
+        assert!((s1.capacity_rps() - 2400.0).abs() < 1e-9);
+        let s2 = Scenario::by_id("S2").unwrap();
+        assert!((s2.capacity_rps() - 1900.0).abs() < 1e-9);
+        // S5: reads 10 ms, compose 20 ms: mean 40/3 ms per request
+        let s5 = Scenario::by_id("S5").unwrap();
+        assert!((s5.capacity_rps() - 24.0 * 1000.0 * 3.0 / 40.0).abs() < 1e-9);
+        assert_eq!(Scenario::all().len(), 6);
+    }
+
+    #[test]
+    fn plans_match_their_workloads() {
+        let s1 = Scenario::by_id("S1").unwrap();
+        let plan = s1.plan(Duration::from_secs(10), 1);
+        let rate: f64 = plan
+            .streams
+            .iter()
+            .map(|s| s.expected_requests())
+            .sum::<f64>()
+            / 10.0;
+        assert!((rate - 0.7 * 2400.0).abs() < 1e-6);
+        let s5 = Scenario::by_id("S5").unwrap();
+        assert_eq!(s5.upstreams(&[]).len(), 3);
+        let s6 = Scenario::by_id("S6").unwrap();
+        let plan = s6.plan(Duration::from_secs(48), 1);
+        assert_eq!(plan.streams[0].phases.len(), 24);
+    }
+}

@@ -1,0 +1,368 @@
+//! The nginx of an experiment run: its configuration (rendered from the
+//! templates in `nginx-conf/lab/`) and its process (started in the
+//! foreground, stopped by PID on drop).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const NGINX_TEMPLATE: &str = include_str!("../../../nginx-conf/lab/nginx.conf.tmpl");
+const UPSTREAM_TEMPLATE: &str = include_str!("../../../nginx-conf/lab/upstream.conf.tmpl");
+const LOCATION_TEMPLATE: &str = include_str!("../../../nginx-conf/lab/location.conf.tmpl");
+
+/// How an upstream picks its peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balancer {
+    /// nginx's default weighted round robin.
+    RoundRobin,
+    /// `least_conn`.
+    LeastConn,
+    /// `random two least_conn` (power of two choices).
+    RandomTwo,
+    /// `hash $request_id consistent` (ketama ring keyed per request).
+    HashConsistent,
+    /// `deep_sched explore interval=... log=...;` (data collection).
+    DeepSchedExplore {
+        /// Sample log to append to.
+        log: PathBuf,
+        /// Decision interval, ms.
+        interval_ms: u64,
+    },
+    /// `deep_sched POLICY [log=...];`.
+    DeepSched {
+        /// Policy file.
+        policy: PathBuf,
+        /// Optional sample log of the decisions (for the state timeline).
+        log: Option<PathBuf>,
+    },
+}
+
+impl Balancer {
+    /// Short name used in reports and file names.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Balancer::RoundRobin => "round_robin",
+            Balancer::LeastConn => "least_conn",
+            Balancer::RandomTwo => "random_two_least_conn",
+            Balancer::HashConsistent => "hash_consistent",
+            Balancer::DeepSchedExplore { .. } => "deep_sched_explore",
+            Balancer::DeepSched { .. } => "deep_sched",
+        }
+    }
+
+    /// The directive inside `upstream { }` (empty for round robin).
+    pub fn directive(&self) -> String {
+        match self {
+            Balancer::RoundRobin => "# round robin (default)".to_string(),
+            Balancer::LeastConn => "least_conn;".to_string(),
+            Balancer::RandomTwo => "random two least_conn;".to_string(),
+            Balancer::HashConsistent => "hash $request_id consistent;".to_string(),
+            Balancer::DeepSchedExplore { log, interval_ms } => format!(
+                "deep_sched explore interval={interval_ms}ms log={};",
+                log.display()
+            ),
+            Balancer::DeepSched { policy, log } => match log {
+                Some(log) => format!("deep_sched {} log={};", policy.display(), log.display()),
+                None => format!("deep_sched {};", policy.display()),
+            },
+        }
+    }
+
+    /// Whether it needs the deep_sched module.
+    pub fn needs_module(&self) -> bool {
+        matches!(
+            self,
+            Balancer::DeepSchedExplore { .. } | Balancer::DeepSched { .. }
+        )
+    }
+}
+
+/// One `upstream` block and the locations routed to it.
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    /// Upstream name.
+    pub name: String,
+    /// Location matches (`/`, `= /wrk2-api/post/compose`, ...).
+    pub locations: Vec<String>,
+    /// Peer addresses, in order.
+    pub peers: Vec<SocketAddr>,
+}
+
+/// Everything needed to render one nginx configuration.
+#[derive(Debug, Clone)]
+pub struct NginxConf {
+    /// Prefix directory (config, pid, logs, temp files).
+    pub prefix: PathBuf,
+    /// Port nginx listens on, on 127.0.0.1.
+    pub port: u16,
+    /// `worker_processes`.
+    pub worker_processes: usize,
+    /// Absolute path of `ngx_http_deep_sched_module.so`, if loaded.
+    pub module: Option<PathBuf>,
+    /// The upstreams (all with the same balancer).
+    pub upstreams: Vec<UpstreamSpec>,
+    /// Balancer of every upstream.
+    pub balancer: Balancer,
+}
+
+fn fill(template: &str, pairs: &[(&str, &str)]) -> String {
+    pairs.iter().fold(template.to_string(), |s, (k, v)| {
+        s.replace(&format!("{{{{{k}}}}}"), v)
+    })
+}
+
+impl NginxConf {
+    /// The configuration text.
+    pub fn render(&self) -> String {
+        let prefix = self.prefix.display().to_string();
+        let upstreams: String = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                let servers: String = u
+                    .peers
+                    .iter()
+                    .map(|p| format!("        server {p} max_fails=1 fail_timeout=2s;\n"))
+                    .collect();
+                fill(
+                    UPSTREAM_TEMPLATE,
+                    &[
+                        ("name", &u.name),
+                        ("servers", servers.trim_end_matches('\n')),
+                        ("balancer", &self.balancer.directive()),
+                    ],
+                )
+            })
+            .collect();
+        let locations: String = self
+            .upstreams
+            .iter()
+            .flat_map(|u| {
+                u.locations
+                    .iter()
+                    .map(move |m| fill(LOCATION_TEMPLATE, &[("match", m), ("upstream", &u.name)]))
+            })
+            .collect();
+        let load_module = match &self.module {
+            Some(m) => format!("load_module {};", m.display()),
+            None => "# no dynamic module".to_string(),
+        };
+        fill(
+            NGINX_TEMPLATE,
+            &[
+                ("load_module", &load_module),
+                ("worker_processes", &self.worker_processes.to_string()),
+                ("prefix", &prefix),
+                ("port", &self.port.to_string()),
+                ("upstreams", &upstreams),
+                ("locations", locations.trim_end_matches('\n')),
+            ],
+        )
+    }
+}
+
+/// Errors starting or running nginx.
+#[derive(Debug, thiserror::Error)]
+pub enum NginxError {
+    /// File-system trouble in the prefix.
+    #[error("nginx prefix {path}: {source}")]
+    Prefix {
+        /// Path concerned.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The binary could not be started.
+    #[error("starting {binary}: {source}")]
+    Spawn {
+        /// nginx binary.
+        binary: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// nginx exited or never listened.
+    #[error("nginx ({binary}, config {config}) did not start: {reason}\n{log}")]
+    NotReady {
+        /// nginx binary.
+        binary: PathBuf,
+        /// Config file.
+        config: PathBuf,
+        /// What happened.
+        reason: String,
+        /// Tail of its error log.
+        log: String,
+    },
+}
+
+/// A running nginx (master in the foreground); stopped on drop.
+pub struct NginxProcess {
+    child: Child,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Prefix directory.
+    pub prefix: PathBuf,
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (bound to :0 and
+/// released; nginx cannot be handed a socket, so a short race remains).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl NginxProcess {
+    /// Writes the configuration into its prefix, starts `binary` and waits
+    /// (at most 10 s) until it accepts connections.
+    pub fn start(binary: &Path, conf: &NginxConf) -> Result<NginxProcess, NginxError> {
+        let prefix_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| NginxError::Prefix { path, source }
+        };
+        for sub in ["", "tmp", "logs"] {
+            let d = conf.prefix.join(sub);
+            std::fs::create_dir_all(&d).map_err(prefix_err(&d))?;
+        }
+        let config = conf.prefix.join("nginx.conf");
+        std::fs::write(&config, conf.render()).map_err(prefix_err(&config))?;
+        let error_log = conf.prefix.join("error.log");
+        let _ = std::fs::remove_file(&error_log);
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(&conf.prefix)
+            .arg("-c")
+            .arg(&config)
+            .arg("-e")
+            .arg(&error_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| NginxError::Spawn {
+                binary: binary.to_path_buf(),
+                source,
+            })?;
+        let mut nginx = NginxProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], conf.port)),
+            prefix: conf.prefix.clone(),
+        };
+        let not_ready = |reason: String| NginxError::NotReady {
+            binary: binary.to_path_buf(),
+            config: config.clone(),
+            reason,
+            log: tail(&error_log, 20),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                return Err(not_ready(format!("exited with {status}")));
+            }
+            if TcpStream::connect_timeout(&nginx.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(nginx);
+            }
+            if Instant::now() > deadline {
+                return Err(not_ready("not listening after 10 s".to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `SIGTERM` (fast shutdown: the master stops its workers) and
+    /// waits up to 5 s, then `SIGKILL`.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The tail of its error log.
+    pub fn error_log_tail(&self, lines: usize) -> String {
+        tail(&self.prefix.join("error.log"), lines)
+    }
+}
+
+impl Drop for NginxProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(balancer: Balancer) -> NginxConf {
+        NginxConf {
+            prefix: PathBuf::from("/tmp/lab-x"),
+            port: 18080,
+            worker_processes: 2,
+            module: None,
+            upstreams: vec![UpstreamSpec {
+                name: "social".into(),
+                locations: vec!["/".into()],
+                peers: vec![
+                    "127.0.0.1:1".parse().unwrap(),
+                    "127.0.0.1:2".parse().unwrap(),
+                ],
+            }],
+            balancer,
+        }
+    }
+
+    #[test]
+    fn renders_every_placeholder() {
+        for b in [
+            Balancer::RoundRobin,
+            Balancer::LeastConn,
+            Balancer::RandomTwo,
+            Balancer::HashConsistent,
+        ] {
+            let text = conf(b.clone()).render();
+            assert!(!text.contains("{{"), "{text}");
+            assert!(text.contains("listen 127.0.0.1:18080;"));
+            assert!(text.contains("server 127.0.0.1:2 max_fails=1 fail_timeout=2s;"));
+            assert!(text.contains("proxy_pass http://social;"));
+            // the balancer must come before keepalive
+            let bal = text.find(&b.directive()).unwrap();
+            assert!(bal < text.find("keepalive 64;").unwrap());
+        }
+    }
+
+    #[test]
+    fn deep_sched_directives() {
+        let b = Balancer::DeepSchedExplore {
+            log: "/tmp/s.jsonl".into(),
+            interval_ms: 1000,
+        };
+        assert_eq!(
+            b.directive(),
+            "deep_sched explore interval=1000ms log=/tmp/s.jsonl;"
+        );
+        assert!(b.needs_module() && !Balancer::LeastConn.needs_module());
+        let mut c = conf(b);
+        c.module = Some("/m/ngx_http_deep_sched_module.so".into());
+        assert!(c
+            .render()
+            .contains("load_module /m/ngx_http_deep_sched_module.so;"));
+    }
+}

@@ -1,0 +1,571 @@
+//! Experiment reports: `report.md`, `summary.json` and PNG plots.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::experiment::{summarise, BalancerSummary, RunResult, Scenario, Settings};
+use crate::percentiles::new_histogram;
+
+/// Errors writing a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// File trouble.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path concerned.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A plot could not be drawn.
+    #[error("plot {path}: {reason}")]
+    Plot {
+        /// PNG being drawn.
+        path: PathBuf,
+        /// Drawing error.
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
+    move |source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn perr<E: std::fmt::Display>(path: &Path, e: E) -> ReportError {
+    ReportError::Plot {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Writes `DIR/report.md`, `DIR/summary.json` and the plots for one
+/// scenario; returns the report's path.
+pub fn write_scenario_report(
+    scenario: &Scenario,
+    settings: &Settings,
+    results: &[RunResult],
+    nginx_version: &str,
+    dir: &Path,
+) -> Result<PathBuf, ReportError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let summaries = summarise(results);
+
+    let json_path = dir.join("summary.json");
+    let json = serde_json::json!({
+        "scenario": scenario.id,
+        "title": scenario.title,
+        "duration_s": settings.duration.as_secs_f64(),
+        "reps": settings.reps,
+        "balancers": summaries,
+        "runs": results.iter().map(|r| serde_json::json!({
+            "balancer": r.balancer,
+            "rep": r.rep,
+            "total": r.load.total,
+            "types": r.load.types,
+            "peers": r.load.peers,
+            "floor": r.floor,
+            "backends": r.backends,
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&json).expect("json") + "\n",
+    )
+    .map_err(io_err(&json_path))?;
+
+    let mut plots = Vec::new();
+    let cdf = dir.join("latency_percentiles.png");
+    match plot_percentiles(results, &cdf) {
+        Ok(()) => plots.push((
+            "Latency by percentile (all repetitions merged)",
+            "latency_percentiles.png",
+        )),
+        Err(e) => eprintln!("warning: {e}"),
+    }
+    let share = dir.join("peer_share.png");
+    match plot_shares(results, &share) {
+        Ok(()) => plots.push((
+            "Per-peer share over time (first repetition)",
+            "peer_share.png",
+        )),
+        Err(e) => eprintln!("warning: {e}"),
+    }
+    let states = dir.join("state_timeline.png");
+    match plot_states(results, &states) {
+        Ok(true) => plots.push((
+            "deep_sched state over time (first repetition)",
+            "state_timeline.png",
+        )),
+        Ok(false) => {}
+        Err(e) => eprintln!("warning: {e}"),
+    }
+
+    let md = render_markdown(scenario, settings, &summaries, nginx_version, &plots);
+    let path = dir.join("report.md");
+    std::fs::write(&path, md).map_err(io_err(&path))?;
+    Ok(path)
+}
+
+fn render_markdown(
+    scenario: &Scenario,
+    settings: &Settings,
+    summaries: &[BalancerSummary],
+    nginx_version: &str,
+    plots: &[(&str, &str)],
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# {} — {}\n", scenario.id, scenario.title);
+    let _ = writeln!(
+        md,
+        "- backends: {}",
+        scenario
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let slow = b.slow.map_or(String::new(), |s| {
+                    format!(
+                        ", {}x slower {:?} of every {:?}",
+                        s.factor, s.slow_for, s.period
+                    )
+                });
+                format!(
+                    "b{} {} workers, compose {} / reads {} ms{slow}",
+                    i + 1,
+                    b.workers,
+                    b.service.compose,
+                    b.service.home_timeline
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let _ = writeln!(md, "- load: {} (open loop)", scenario.describe_load());
+    if let Some(crate::experiment::Event::PeerDies { peer, at }) = scenario.event {
+        let _ = writeln!(
+            md,
+            "- event: b{} stops listening at {:.0}% of each run",
+            peer + 1,
+            at * 100.0
+        );
+    }
+    let _ = writeln!(
+        md,
+        "- {} repetitions x {:?} per balancer, interleaved; medians below; nginx {} with {} worker processes",
+        settings.reps, settings.duration, nginx_version, settings.worker_processes
+    );
+    let _ = writeln!(
+        md,
+        "- floor = p99 of the backends' own service time (no balancer can go below it)\n"
+    );
+    let peers: Vec<String> = summaries
+        .first()
+        .map(|s| s.shares.keys().cloned().collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "| balancer | p50 ms | p90 ms | p99 ms | p99.9 ms | floor p99 ms | p99 / floor | req/s | errors | share {} |",
+        peers.join(" / ")
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for s in summaries {
+        let shares: Vec<String> = s
+            .shares
+            .values()
+            .map(|v| format!("{:.0}%", v * 100.0))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {} |",
+            s.balancer,
+            s.p50_ms,
+            s.p90_ms,
+            s.p99_ms,
+            s.p999_ms,
+            s.floor_p99_ms,
+            s.p99_ms / s.floor_p99_ms.max(1e-9),
+            s.rps,
+            s.errors,
+            shares.join(" / ")
+        );
+    }
+    let best = summaries
+        .iter()
+        .filter(|s| !s.balancer.starts_with("deep_sched"))
+        .min_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+    if let Some(best) = best {
+        let _ = writeln!(
+            md,
+            "\nBest built-in by p99: **{}** ({:.1} ms, {:.1} ms above the floor).",
+            best.balancer,
+            best.p99_ms,
+            best.p99_ms - best.floor_p99_ms
+        );
+        if let Some(ds) = summaries.iter().find(|s| s.balancer == "deep_sched") {
+            let _ = writeln!(
+                md,
+                "deep_sched: p99 {:.1} ms = {:.2} x the best built-in; excess over the floor {:.1} ms = {:.2} x the best built-in's; {:.0} vs {:.0} failed requests.",
+                ds.p99_ms,
+                ds.p99_ms / best.p99_ms.max(1e-9),
+                ds.p99_ms - ds.floor_p99_ms,
+                (ds.p99_ms - ds.floor_p99_ms) / (best.p99_ms - best.floor_p99_ms).max(1e-9),
+                ds.errors,
+                best.errors
+            );
+        }
+    }
+    let _ = writeln!(md, "\n## Spread and details\n");
+    let _ = writeln!(
+        md,
+        "| balancer | p99 of each run, ms | p99 per request type (median), ms | failures: connect / timeout / 5xx / other (all runs) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|");
+    for s in summaries {
+        let runs: Vec<String> = s.p99_runs_ms.iter().map(|x| format!("{x:.1}")).collect();
+        let types: Vec<String> = s
+            .type_p99_ms
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect();
+        let e = s.errors_by_kind;
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} / {} / {} / {} |",
+            s.balancer,
+            runs.join(", "),
+            types.join(", "),
+            e.connect,
+            e.timeout,
+            e.status_5xx,
+            e.other
+        );
+    }
+    for (title, file) in plots {
+        let _ = writeln!(md, "\n## {title}\n\n![{title}]({file})");
+    }
+    let _ = writeln!(
+        md,
+        "\nRaw per-run numbers: `summary.json`. Reproduce: `scripts/experiment.sh {}`.",
+        scenario.id
+    );
+    md
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+fn balancers_in_order(results: &[RunResult]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for r in results {
+        if !v.contains(&r.balancer) {
+            v.push(r.balancer.clone());
+        }
+    }
+    v
+}
+
+/// Latency (log scale) against percentile on a "nines" axis
+/// `x = -log10(1 - q)` (1 = p90, 2 = p99, 3 = p99.9), one line per balancer.
+fn plot_percentiles(results: &[RunResult], path: &Path) -> Result<(), ReportError> {
+    let mut lines = Vec::new();
+    let mut y_max: f64 = 1.0;
+    let mut y_min: f64 = f64::MAX;
+    for name in balancers_in_order(results) {
+        let mut h = new_histogram();
+        for r in results.iter().filter(|r| r.balancer == name) {
+            if let Some(x) = &r.load.histogram {
+                h.add(x).map_err(|e| perr(path, e))?;
+            }
+        }
+        if h.is_empty() {
+            continue;
+        }
+        let pts: Vec<(f64, f64)> = (0..=350)
+            .map(|i| {
+                let nines = i as f64 / 100.0;
+                let q = 1.0 - 10f64.powf(-nines);
+                let ms = h.value_at_quantile(q) as f64 / 1000.0;
+                (nines, ms.max(0.01))
+            })
+            .collect();
+        for &(_, y) in &pts {
+            y_max = y_max.max(y);
+            y_min = y_min.min(y);
+        }
+        lines.push((name, pts));
+    }
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| perr(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("latency by percentile", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            0f64..3.5f64,
+            (y_min.max(0.1) * 0.8..y_max * 1.2).log_scale(),
+        )
+        .map_err(|e| perr(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile (1 = p90, 2 = p99, 3 = p99.9)")
+        .y_desc("latency, ms (log)")
+        .x_label_formatter(&|x| match (*x * 10.0).round() as i64 {
+            0 => "p0".into(),
+            10 => "p90".into(),
+            20 => "p99".into(),
+            30 => "p99.9".into(),
+            _ => format!("{x:.1}"),
+        })
+        .draw()
+        .map_err(|e| perr(path, e))?;
+    for (i, (name, pts)) in lines.into_iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            .map_err(|e| perr(path, e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| perr(path, e))?;
+    root.present().map_err(|e| perr(path, e))?;
+    Ok(())
+}
+
+/// Share of each backend per second, one panel per balancer (first run).
+fn plot_shares(results: &[RunResult], path: &Path) -> Result<(), ReportError> {
+    let names = balancers_in_order(results);
+    let firsts: Vec<&RunResult> = names
+        .iter()
+        .filter_map(|n| results.iter().find(|r| &r.balancer == n))
+        .collect();
+    let rows = firsts.len().max(1);
+    let root = BitMapBackend::new(path, (900, 180 * rows as u32 + 20)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| perr(path, e))?;
+    let panels = root.split_evenly((rows, 1));
+    for (panel, run) in panels.iter().zip(firsts) {
+        let t_max = run.load.timeline.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(&run.balancer, ("sans-serif", 16))
+            .margin(6)
+            .x_label_area_size(26)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0f64..t_max, 0f64..1f64)
+            .map_err(|e| perr(path, e))?;
+        chart
+            .configure_mesh()
+            .y_desc("share")
+            .x_desc("s")
+            .y_labels(5)
+            .draw()
+            .map_err(|e| perr(path, e))?;
+        let peers: Vec<String> = run.backends.iter().map(|b| b.backend.clone()).collect();
+        for (i, peer) in peers.iter().enumerate() {
+            let c = COLORS[i % COLORS.len()];
+            let pts: Vec<(f64, f64)> = run
+                .load
+                .timeline
+                .iter()
+                .map(|s| {
+                    let total: u64 = s.peers.values().sum();
+                    let n = s.peers.get(peer).copied().unwrap_or(0);
+                    (s.t as f64 + 0.5, n as f64 / total.max(1) as f64)
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+                .map_err(|e| perr(path, e))?
+                .label(peer.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| perr(path, e))?;
+    }
+    root.present().map_err(|e| perr(path, e))?;
+    Ok(())
+}
+
+/// deep_sched's state per decision (from its sample log) for the first
+/// deep_sched run; `false` when there is none.
+fn plot_states(results: &[RunResult], path: &Path) -> Result<bool, ReportError> {
+    let Some(log) = results.iter().find_map(|r| r.decisions.clone()) else {
+        return Ok(false);
+    };
+    let Ok(text) = std::fs::read_to_string(&log) else {
+        return Ok(false);
+    };
+    let mut pts: Vec<(f64, f64)> = Vec::new();
+    let mut t0 = None;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(t), Some(state)) = (v["time_ms"].as_f64(), v["state"].as_f64()) else {
+            continue;
+        };
+        let t0 = *t0.get_or_insert(t);
+        pts.push(((t - t0) / 1000.0, state));
+    }
+    if pts.is_empty() {
+        return Ok(false);
+    }
+    let t_max = pts.iter().map(|p| p.0).fold(1.0, f64::max);
+    let s_max = pts.iter().map(|p| p.1).fold(1.0, f64::max);
+    let root = BitMapBackend::new(path, (900, 320)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| perr(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("deep_sched state per decision", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(44)
+        .build_cartesian_2d(0f64..t_max, -0.5f64..s_max + 0.5)
+        .map_err(|e| perr(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("s")
+        .y_desc("state")
+        .draw()
+        .map_err(|e| perr(path, e))?;
+    chart
+        .draw_series(LineSeries::new(pts.clone(), COLORS[0].stroke_width(1)))
+        .map_err(|e| perr(path, e))?;
+    chart
+        .draw_series(
+            pts.into_iter()
+                .map(|p| Circle::new(p, 3, COLORS[0].filled())),
+        )
+        .map_err(|e| perr(path, e))?;
+    root.present().map_err(|e| perr(path, e))?;
+    Ok(true)
+}
+
+/// Standard deviation of per-peer request counts, by balancer and number
+/// of peers (the consistent-hashing study).
+pub type DistributionTable = BTreeMap<String, BTreeMap<usize, f64>>;
+
+/// Writes `DIR/report.md` and `DIR/distribution.png` for the distribution
+/// analysis.
+pub fn write_distribution_report(
+    table: &DistributionTable,
+    requests: u64,
+    nginx_version: &str,
+    dir: &Path,
+) -> Result<PathBuf, ReportError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let ns: Vec<usize> = table
+        .values()
+        .flat_map(|m| m.keys().copied())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut md = String::new();
+    let _ = writeln!(md, "# Distribution of {requests} requests over N peers\n");
+    let _ = writeln!(
+        md,
+        "Standard deviation of the per-peer request counts (lower = more even; a perfectly even split gives 0). nginx {nginx_version}; idle fast backends, so only the balancer decides.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| balancer | {} |",
+        ns.iter()
+            .map(|n| format!("N={n}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(ns.len()));
+    for (b, row) in table {
+        let cells: Vec<String> = ns
+            .iter()
+            .map(|n| row.get(n).map_or("-".into(), |v| format!("{v:.1}")))
+            .collect();
+        let _ = writeln!(md, "| {b} | {} |", cells.join(" | "));
+    }
+    let png = dir.join("distribution.png");
+    let plotted = plot_distribution(table, &ns, &png);
+    if let Err(e) = &plotted {
+        eprintln!("warning: {e}");
+    } else {
+        let _ = writeln!(md, "\n![standard deviation by N](distribution.png)");
+    }
+    let _ = writeln!(md, "\nReproduce: `scripts/experiment.sh distribution`.");
+    let path = dir.join("report.md");
+    std::fs::write(&path, md).map_err(io_err(&path))?;
+    Ok(path)
+}
+
+fn plot_distribution(
+    table: &DistributionTable,
+    ns: &[usize],
+    path: &Path,
+) -> Result<(), ReportError> {
+    let y_max = table
+        .values()
+        .flat_map(|m| m.values().copied())
+        .fold(1.0, f64::max);
+    let (n_min, n_max) = (
+        *ns.first().unwrap_or(&2) as f64,
+        *ns.last().unwrap_or(&6) as f64,
+    );
+    let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| perr(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("std. dev. of per-peer counts", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(n_min - 0.2..n_max + 0.2, 0f64..y_max * 1.15)
+        .map_err(|e| perr(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("peers N")
+        .y_desc("std. dev., requests")
+        .x_labels(ns.len())
+        .draw()
+        .map_err(|e| perr(path, e))?;
+    for (i, (b, row)) in table.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let pts: Vec<(f64, f64)> = row.iter().map(|(n, v)| (*n as f64, *v)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(|e| perr(path, e))?
+            .label(b.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))
+            .map_err(|e| perr(path, e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| perr(path, e))?;
+    root.present().map_err(|e| perr(path, e))?;
+    Ok(())
+}
