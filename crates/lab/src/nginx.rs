@@ -5,6 +5,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -198,6 +199,20 @@ pub enum NginxError {
     },
 }
 
+/// Masters started by this process and not yet stopped, so a signal
+/// handler can stop them when the runner itself is interrupted.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Sends `SIGTERM` to every nginx master this process started and has not
+/// stopped (for the runner's SIGINT/SIGTERM handler; nginx's master then
+/// stops its workers).
+pub fn terminate_all() {
+    let pids = std::mem::take(&mut *RUNNING.lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in pids {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+}
+
 /// A running nginx (master in the foreground); stopped on drop.
 pub struct NginxProcess {
     child: Child,
@@ -250,6 +265,10 @@ impl NginxProcess {
                 binary: binary.to_path_buf(),
                 source,
             })?;
+        RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
         let mut nginx = NginxProcess {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], conf.port)),
@@ -279,6 +298,10 @@ impl NginxProcess {
     /// Sends `SIGTERM` (fast shutdown: the master stops its workers) and
     /// waits up to 5 s, then `SIGKILL`.
     pub fn stop(&mut self) {
+        RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&p| p != self.child.id());
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }

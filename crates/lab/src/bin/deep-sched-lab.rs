@@ -137,8 +137,25 @@ fn cleanup(common: &Common, settings: &Settings) {
     }
 }
 
+/// Stops the nginx masters this process started when it is interrupted
+/// (their `Drop` would not run).
+fn stop_nginx_on_signals() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing the signal handler")?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("deep-sched-lab: signal {sig}, stopping nginx");
+            deep_sched_lab::nginx::terminate_all();
+            std::process::exit(128 + sig);
+        }
+    });
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    stop_nginx_on_signals()?;
     match cli.command {
         Cmd::List => {
             for s in Scenario::all() {

@@ -1,0 +1,121 @@
+//! The experiment runner against a real nginx (nginx's own balancers only).
+//!
+//! nginx is `$DEEP_SCHED_NGINX`, else `build/sbin/nginx`, else the one
+//! nginx-sys built under `target/`. Without any, the tests say so and pass,
+//! except under CI (`CI` set), where a missing nginx is a failure.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deep_sched_lab::experiment::{run_once, Scenario, Settings};
+use deep_sched_lab::nginx::Balancer;
+
+fn nginx() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("DEEP_SCHED_NGINX") {
+        return Some(PathBuf::from(p));
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = root.join("build/sbin/nginx");
+    if built.is_file() {
+        return Some(built);
+    }
+    for profile in ["release", "debug"] {
+        let dir = root.join("target").join(profile).join("build");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let candidate = e.path().join("out/objs/nginx");
+            if e.file_name().to_string_lossy().starts_with("nginx-sys-") && candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+fn settings(tag: &str) -> Option<(Settings, tempdir::Dir)> {
+    let Some(nginx) = nginx() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no nginx: run scripts/build.sh or set DEEP_SCHED_NGINX"
+        );
+        eprintln!("no nginx found: skipping {tag}");
+        return None;
+    };
+    let work = tempdir::Dir::new(tag);
+    Some((
+        Settings {
+            nginx: std::fs::canonicalize(nginx).unwrap(),
+            module: None,
+            learner: None,
+            duration: Duration::from_secs(3),
+            explore: Duration::from_secs(3),
+            reps: 1,
+            worker_processes: 1,
+            work_dir: work.0.clone(),
+            results_dir: work.0.join("results"),
+            seed: 5,
+            only: Vec::new(),
+        },
+        work,
+    ))
+}
+
+/// A scratch directory removed on drop (no extra crate for one test file).
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!("lab-test-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn round_robin_through_nginx_spreads_evenly_and_measures_the_floor() {
+    let Some((settings, _work)) = settings("rr") else {
+        return;
+    };
+    let s1 = Scenario::by_id("S1").unwrap();
+    let r = run_once(&s1, &settings, &Balancer::RoundRobin, 0, settings.duration).unwrap();
+    assert_eq!(r.load.total.errors.total(), 0, "{:?}", r.load.total.errors);
+    let asked = 0.7 * s1.capacity_rps();
+    assert!(
+        (r.load.total.rps / asked - 1.0).abs() < 0.1,
+        "{} req/s",
+        r.load.total.rps
+    );
+    for (peer, share) in r.shares() {
+        assert!((share - 1.0 / 3.0).abs() < 0.02, "{peer}: {share}");
+    }
+    // exponential 10 ms: p99 of the service alone is 10 ln 100 ≈ 46 ms
+    assert!((r.floor.p99_ms / 46.05 - 1.0).abs() < 0.2, "{:?}", r.floor);
+    assert!(r.load.total.latency.p99_ms >= r.floor.p99_ms * 0.9);
+}
+
+#[test]
+fn a_dead_peer_stops_getting_traffic_and_nginx_retries_elsewhere() {
+    let Some((settings, _work)) = settings("dead") else {
+        return;
+    };
+    let s4 = Scenario::by_id("S4").unwrap();
+    let r = run_once(&s4, &settings, &Balancer::LeastConn, 0, settings.duration).unwrap();
+    let b3 = r.shares()["b3"];
+    // b3 dies at 40 % of the run: it gets well under a third overall
+    assert!(b3 < 0.25, "b3 share {b3}");
+    assert!(b3 > 0.05, "b3 share {b3}: it was alive for 40 % of the run");
+    // requests at b3 when it died may fail; the rest are retried
+    assert!(
+        r.load.total.errors.total() < r.load.total.sent / 100,
+        "{:?}",
+        r.load.total.errors
+    );
+}

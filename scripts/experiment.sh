@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Experiments of the lab (docs/lab.md): for each scenario, an exploration
+# run of deep_sched, `deep-sched learn`, then round robin, least_conn,
+# random two least_conn, hash $request_id consistent and deep_sched with the
+# learned policy, interleaved, each REPS times; writes
+# results/SCENARIO/{report.md,summary.json,*.png}.
+#
+#   scripts/experiment.sh S1 [S2 ...]      one or more scenarios
+#   scripts/experiment.sh all              S1..S6
+#   scripts/experiment.sh distribution     N = 2..6 peers, 10,000 requests each
+#   scripts/experiment.sh --quick S1       8 s runs, 1 repetition, 30 s exploration
+#
+# Environment: DURATION (30s), REPS (3), EXPLORE (120s), NGINX, DEEP_SCHED=0,
+# RESULTS (results). deep_sched is evaluated when build/sbin/nginx,
+# build/modules/ngx_http_deep_sched_module.so and the learner exist
+# (scripts/build.sh); otherwise only nginx's own balancers run.
+# Time: about (4 or 5 balancers) x REPS x (DURATION + 2 s) + EXPLORE per
+# scenario: ~8 min each with the defaults, ~50 min for `all`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lab-env.sh
+
+duration=${DURATION:-30s} reps=${REPS:-3} explore=${EXPLORE:-120s}
+args=()
+for a in "$@"; do
+    if [[ $a == --quick ]]; then
+        duration=${DURATION:-8s} reps=${REPS:-1} explore=${EXPLORE:-30s}
+    else
+        args+=("$a")
+    fi
+done
+[[ ${#args[@]} -gt 0 ]] || { sed -n '2,20p' "$0" >&2; exit 2; }
+
+cargo build --release -q -p deep-sched-lab --bins
+lab_find_nginx
+echo "experiment: nginx $NGINX ($("$NGINX" -v 2>&1 | sed 's#.*/##'))${MODULE_ARGS[*]:+, deep_sched on}" >&2
+
+if [[ ${args[0]} == distribution ]]; then
+    exec target/release/deep-sched-lab distribution --nginx "$NGINX" --results "${RESULTS:-results}" "${args[@]:1}"
+fi
+exec target/release/deep-sched-lab run "${args[@]}" --nginx "$NGINX" --results "${RESULTS:-results}" \
+    --duration "$duration" --reps "$reps" --explore "$explore" "${MODULE_ARGS[@]}"
