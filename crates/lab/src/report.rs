@@ -569,3 +569,213 @@ fn plot_distribution(
     root.present().map_err(|e| perr(path, e))?;
     Ok(())
 }
+
+/// The goal deep_sched has in a scenario, relative to the best built-in
+/// (lowest median p99) and the floor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// `p99 ≤ ratio · best p99`.
+    P99Ratio(f64),
+    /// `p99 − floor ≤ ratio · (best p99 − floor)`.
+    ExcessRatio(f64),
+    /// No more failed requests than the built-in with the fewest.
+    NoMoreErrors,
+}
+
+impl Target {
+    /// The target of scenario `id` (SPEC goals).
+    pub fn of(id: &str) -> Option<Target> {
+        match id {
+            "S1" => Some(Target::P99Ratio(1.02)),
+            "S2" => Some(Target::ExcessRatio(0.5)),
+            "S3" | "S5" | "S6" => Some(Target::P99Ratio(0.8)),
+            "S4" => Some(Target::NoMoreErrors),
+            _ => None,
+        }
+    }
+
+    /// The bound as text, given the best built-in's numbers.
+    pub fn bound(&self, best_p99: f64, floor: f64, fewest_errors: f64) -> String {
+        match *self {
+            Target::P99Ratio(r) => format!("p99 ≤ {r} x best = {:.1} ms", r * best_p99),
+            Target::ExcessRatio(r) => format!(
+                "p99 ≤ floor + {r} x best's excess = {:.1} ms",
+                floor + r * (best_p99 - floor)
+            ),
+            Target::NoMoreErrors => format!("failures ≤ {fewest_errors:.0}"),
+        }
+    }
+
+    /// Whether `deep_sched` meets it.
+    pub fn met(&self, ds: &BalancerSummary, best_p99: f64, floor: f64, fewest_errors: f64) -> bool {
+        match *self {
+            Target::P99Ratio(r) => ds.p99_ms <= r * best_p99,
+            Target::ExcessRatio(r) => ds.p99_ms - floor <= r * (best_p99 - floor),
+            Target::NoMoreErrors => ds.errors <= fewest_errors,
+        }
+    }
+}
+
+/// The `## lab` section of BENCHMARKS.md from `results/S*/summary.json`.
+pub fn benchmarks_section(results_dir: &Path, command: &str) -> Result<String, ReportError> {
+    let mut md = String::new();
+    let _ = writeln!(md, "## lab\n");
+    let _ = writeln!(
+        md,
+        "Command: `{command}`, then `deep-sched-lab benchmarks` (2 shared cores; nginx, backends and load generator on the same machine). \
+Median p99 in ms over interleaved repetitions, (min–max) of the runs; floor = p99 of the backends' own service time. \
+Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | floor | round robin | least_conn | random two least_conn | hash consistent | deep_sched | target for deep_sched | met |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|---|");
+    let names = [
+        "round_robin",
+        "least_conn",
+        "random_two_least_conn",
+        "hash_consistent",
+        "deep_sched",
+    ];
+    for id in ["S1", "S2", "S3", "S4", "S5", "S6"] {
+        let path = results_dir.join(id).join("summary.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ReportError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let summaries: Vec<BalancerSummary> = serde_json::from_value(v["balancers"].clone())
+            .map_err(|e| ReportError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(format!("balancers: {e}")),
+            })?;
+        let cell = |name: &str| {
+            summaries
+                .iter()
+                .find(|s| s.balancer == name)
+                .map_or("—".to_string(), |s| {
+                    let lo = s.p99_runs_ms.iter().copied().fold(f64::MAX, f64::min);
+                    let hi = s.p99_runs_ms.iter().copied().fold(0.0, f64::max);
+                    let errors = if id == "S4" || s.errors > 0.0 {
+                        format!(", {:.0} failed", s.errors)
+                    } else {
+                        String::new()
+                    };
+                    format!("{:.1} ({lo:.1}–{hi:.1}){errors}", s.p99_ms)
+                })
+        };
+        let builtins: Vec<&BalancerSummary> = summaries
+            .iter()
+            .filter(|s| s.balancer != "deep_sched")
+            .collect();
+        let best = builtins.iter().min_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+        let floor = median(&summaries.iter().map(|s| s.floor_p99_ms).collect::<Vec<_>>());
+        let fewest = builtins.iter().map(|s| s.errors).fold(f64::MAX, f64::min);
+        let (target, met) = match (best, Target::of(id)) {
+            (Some(best), Some(t)) => {
+                let met = summaries
+                    .iter()
+                    .find(|s| s.balancer == "deep_sched")
+                    .map_or("not measured yet".to_string(), |ds| {
+                        if t.met(ds, best.p99_ms, floor, fewest) {
+                            "yes".into()
+                        } else {
+                            "**no**".into()
+                        }
+                    });
+                (
+                    format!(
+                        "best built-in {}: {}",
+                        best.balancer,
+                        t.bound(best.p99_ms, floor, fewest)
+                    ),
+                    met,
+                )
+            }
+            _ => ("—".into(), "—".into()),
+        };
+        let cells: Vec<String> = names.iter().map(|n| cell(n)).collect();
+        let _ = writeln!(
+            md,
+            "| {id} | {floor:.1} | {} | {target} | {met} |",
+            cells.join(" | ")
+        );
+    }
+    let dist = results_dir.join("distribution").join("report.md");
+    if dist.is_file() {
+        let _ = writeln!(
+            md,
+            "\nDistribution of 10,000 requests over N = 2..6 peers (std. dev. of per-peer counts): `results/distribution/report.md`."
+        );
+    }
+    Ok(md)
+}
+
+fn median(xs: &[f64]) -> f64 {
+    crate::experiment::median(xs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(name: &str, p99: f64, floor: f64, errors: f64) -> BalancerSummary {
+        BalancerSummary {
+            balancer: name.into(),
+            runs: 3,
+            p50_ms: 10.0,
+            p90_ms: 25.0,
+            p99_ms: p99,
+            p999_ms: p99 * 1.5,
+            p99_runs_ms: vec![p99 - 1.0, p99, p99 + 2.0],
+            floor_p99_ms: floor,
+            rps: 1000.0,
+            errors,
+            errors_by_kind: Default::default(),
+            shares: BTreeMap::new(),
+            type_p99_ms: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn targets_compare_against_the_best_builtin() {
+        // S2: best 60 ms over a 46 ms floor: excess 14, half is 7 → ≤ 53 ms
+        let t = Target::of("S2").unwrap();
+        assert!(t.met(&summary("deep_sched", 53.0, 46.0, 0.0), 60.0, 46.0, 0.0));
+        assert!(!t.met(&summary("deep_sched", 53.5, 46.0, 0.0), 60.0, 46.0, 0.0));
+        let t = Target::of("S3").unwrap();
+        assert!(t.met(&summary("deep_sched", 60.0, 46.0, 0.0), 76.0, 46.0, 0.0));
+        assert!(!t.met(&summary("deep_sched", 61.0, 46.0, 0.0), 76.0, 46.0, 0.0));
+        let t = Target::of("S4").unwrap();
+        assert!(t.met(&summary("deep_sched", 99.0, 46.0, 3.0), 50.0, 46.0, 3.0));
+        assert!(!t.met(&summary("deep_sched", 40.0, 46.0, 4.0), 50.0, 46.0, 3.0));
+        assert_eq!(Target::of("S9"), None);
+    }
+
+    #[test]
+    fn benchmarks_section_reads_summaries_and_checks_targets() {
+        let dir = std::env::temp_dir().join(format!("lab-bench-{}", std::process::id()));
+        let s3 = dir.join("S3");
+        std::fs::create_dir_all(&s3).unwrap();
+        let balancers = vec![
+            summary("round_robin", 400.0, 47.0, 0.0),
+            summary("least_conn", 76.0, 47.0, 0.0),
+            summary("deep_sched", 58.0, 47.0, 0.0),
+        ];
+        let json = serde_json::json!({ "scenario": "S3", "balancers": balancers });
+        std::fs::write(s3.join("summary.json"), json.to_string()).unwrap();
+        let md = benchmarks_section(&dir, "scripts/experiment.sh S3").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let row = md.lines().find(|l| l.starts_with("| S3 |")).expect(&md);
+        assert!(row.contains("| 76.0 (75.0–78.0) |"), "{row}");
+        assert!(
+            row.contains("best built-in least_conn: p99 ≤ 0.8 x best = 60.8 ms"),
+            "{row}"
+        );
+        assert!(row.ends_with("| yes |"), "{row}");
+        assert!(md.contains("`scripts/experiment.sh S3`"));
+    }
+}

@@ -16,7 +16,9 @@ use clap::{Args, Parser, Subcommand};
 use deep_sched_lab::experiment::{
     builtin_balancers, default_work_dir, distribution, run_scenario, Scenario, Settings,
 };
-use deep_sched_lab::report::{write_distribution_report, write_scenario_report};
+use deep_sched_lab::report::{
+    benchmarks_section, write_distribution_report, write_scenario_report,
+};
 
 /// deep_sched lab: explore -> learn -> compare against nginx's balancers.
 #[derive(Parser, Debug)]
@@ -79,6 +81,15 @@ enum Cmd {
         /// random_two_least_conn, hash_consistent, deep_sched).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+    /// Print the `## lab` section of BENCHMARKS.md from results/S*/summary.json.
+    Benchmarks {
+        /// Results directory.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        /// The command that produced the results (quoted in the section).
+        #[arg(long, default_value = "scripts/experiment.sh all")]
+        command: String,
     },
     /// N = 2..6 idle peers, 10,000 requests each: std. dev. of per-peer counts.
     Distribution {
@@ -215,6 +226,9 @@ fn main() -> anyhow::Result<()> {
             }
             cleanup(&common, &settings);
             outcome?;
+        }
+        Cmd::Benchmarks { results, command } => {
+            print!("{}", benchmarks_section(&results, &command)?);
         }
         Cmd::Distribution { common, requests } => {
             let settings = settings(&common)?;
