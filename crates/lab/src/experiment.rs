@@ -480,8 +480,7 @@ pub fn explore_and_learn(
     settings: &Settings,
     learner: &Path,
 ) -> Result<PathBuf, ExperimentError> {
-    let dir = settings.work_dir.join(scenario.id);
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let dir = log_dir(scenario, settings)?;
     let samples = dir.join("explore.samples.jsonl");
     let _ = std::fs::remove_file(&samples);
     let explore = Balancer::DeepSchedExplore {
@@ -529,11 +528,26 @@ pub fn explore_and_learn(
     Ok(policy)
 }
 
+/// `WORK/SCENARIO`, where the sample logs go, writable by everybody: when
+/// nginx starts as root its workers run as an unprivileged user and may
+/// be the ones that create the logs.
+fn log_dir(scenario: &Scenario, settings: &Settings) -> Result<PathBuf, ExperimentError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = settings.work_dir.join(scenario.id);
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(io_err(&dir))?;
+    // the parents must be searchable too
+    std::fs::set_permissions(&settings.work_dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err(&settings.work_dir))?;
+    Ok(dir)
+}
+
 /// Runs every balancer `settings.reps` times, interleaved.
 pub fn run_scenario(
     scenario: &Scenario,
     settings: &Settings,
 ) -> Result<Vec<RunResult>, ExperimentError> {
+    log_dir(scenario, settings)?;
     let mut balancers = builtin_balancers();
     if let (Some(_), Some(learner)) = (&settings.module, &settings.learner) {
         let policy = explore_and_learn(scenario, settings, learner)?;
