@@ -1,1 +1,22 @@
-//! placeholder
+//! deep_sched's core: everything the nginx module and the learner must
+//! agree on, with no nginx and no I/O (but [`policy::Policy::load`]).
+//!
+//! - [`counters`]: per-peer counters, interval statistics, latency histogram;
+//! - [`features`]: the agent's shape and its feature vectors;
+//! - [`gmm`]: Gaussian mixture scoring (log domain);
+//! - [`policy`]: the policy file and its validation;
+//! - [`decision`]: one decision of an agent;
+//! - [`choose`]: per-request peer choice (smooth WRR, p2c);
+//! - [`samples`]: the sample log record;
+//! - [`directive`]: the `deep_sched` directive's syntax;
+//! - [`status`]: the status document (JSON, Prometheus).
+
+pub mod choose;
+pub mod counters;
+pub mod decision;
+pub mod directive;
+pub mod features;
+pub mod gmm;
+pub mod policy;
+pub mod samples;
+pub mod status;

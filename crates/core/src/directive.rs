@@ -1,0 +1,320 @@
+//! The arguments of the `deep_sched` directive, parsed without nginx.
+//!
+//! ```nginx
+//! deep_sched;                                   # observe only
+//! deep_sched explore weights=1,3,5 interval=2s log=logs/x.jsonl;
+//! deep_sched policies/social.json epsilon=0.05 choose=p2c;
+//! ```
+//!
+//! The nginx glue hands over the directive's words (without the directive
+//! name); everything else — which forms exist, which parameter goes with
+//! which form, the ranges — is decided here so it can be tested directly.
+
+use std::fmt;
+
+/// Shortest and longest decision interval the module accepts.
+pub const INTERVAL_RANGE_MS: (u64, u64) = (100, 3_600_000);
+/// Largest weight a peer can be given (nginx's own `weight=` has no upper
+/// bound, but a smooth round robin over huge weights only wastes precision).
+pub const MAX_WEIGHT: u32 = 1000;
+/// The research's exploration set.
+pub const DEFAULT_EXPLORE_WEIGHTS: [u32; 3] = [1, 3, 5];
+/// Default decision interval when neither the directive nor the policy sets one.
+pub const DEFAULT_INTERVAL_MS: u64 = 2000;
+
+/// What the agent does every interval.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModeArg {
+    /// `deep_sched;` — weighted round robin by the configured weights, counters only.
+    Observe,
+    /// `deep_sched explore;` — a random weight per peer from `weights=` every interval.
+    Explore,
+    /// `deep_sched FILE;` — weights from the policy's table.
+    Policy(String),
+}
+
+/// How each request picks among the peers, given the current weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChooseArg {
+    /// nginx's smooth weighted round robin.
+    #[default]
+    Wrr,
+    /// Power of two choices: two draws by weight, the less loaded wins.
+    P2c,
+}
+
+/// The parsed `deep_sched` directive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectiveArgs {
+    /// Observe, explore or policy.
+    pub mode: ModeArg,
+    /// `interval=`; `None` means the policy's interval, or [`DEFAULT_INTERVAL_MS`].
+    pub interval_ms: Option<u64>,
+    /// `choose=`.
+    pub choose: ChooseArg,
+    /// `log=`: where to append one JSON line per decision.
+    pub log: Option<String>,
+    /// `weights=`: the exploration set (only with `explore`).
+    pub weights: Vec<u32>,
+    /// `epsilon=`: probability of an exploratory action (only with a policy).
+    pub epsilon: f64,
+}
+
+/// A problem with the directive's words; displayed the way nginx phrases
+/// configuration errors (`invalid parameter "x" in "deep_sched": ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectiveError {
+    /// The offending word as written.
+    pub word: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl fmt::Display for DirectiveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid parameter \"{}\" in \"deep_sched\": {}",
+            self.word, self.problem
+        )
+    }
+}
+
+impl std::error::Error for DirectiveError {}
+
+fn err(word: &str, problem: impl Into<String>) -> DirectiveError {
+    DirectiveError {
+        word: word.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// Parses an nginx time value: a number followed by `ms`, `s`, `m` or `h`
+/// (no unit means seconds, as in nginx). Returns milliseconds.
+pub fn parse_time_ms(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let scale = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+/// Parses the words after `deep_sched`.
+pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
+    let mut rest = words;
+    let mode = match words.first() {
+        None => ModeArg::Observe,
+        Some(w) if w.contains('=') => ModeArg::Observe,
+        Some(&"explore") => {
+            rest = &words[1..];
+            ModeArg::Explore
+        }
+        Some(w) if w.is_empty() => return Err(err(w, "the policy file name is empty")),
+        Some(w) => {
+            rest = &words[1..];
+            ModeArg::Policy((*w).to_owned())
+        }
+    };
+
+    let mut args = DirectiveArgs {
+        mode,
+        interval_ms: None,
+        choose: ChooseArg::default(),
+        log: None,
+        weights: DEFAULT_EXPLORE_WEIGHTS.to_vec(),
+        epsilon: 0.0,
+    };
+    let mut seen: Vec<&str> = Vec::new();
+
+    for &word in rest {
+        let Some((key, value)) = word.split_once('=') else {
+            return Err(err(
+                word,
+                "expected KEY=VALUE (interval=, choose=, log=, weights=, epsilon=)",
+            ));
+        };
+        if seen.contains(&key) {
+            return Err(err(word, format!("\"{key}=\" is given twice")));
+        }
+        seen.push(key);
+        match key {
+            "interval" => {
+                let ms = parse_time_ms(value)
+                    .ok_or_else(|| err(word, "expected a time such as 500ms, 2s or 1m"))?;
+                let (lo, hi) = INTERVAL_RANGE_MS;
+                if !(lo..=hi).contains(&ms) {
+                    return Err(err(word, "the interval must be between 100ms and 1h"));
+                }
+                args.interval_ms = Some(ms);
+            }
+            "choose" => {
+                args.choose = match value {
+                    "wrr" => ChooseArg::Wrr,
+                    "p2c" => ChooseArg::P2c,
+                    _ => return Err(err(word, "expected \"wrr\" or \"p2c\"")),
+                };
+            }
+            "log" => {
+                if value.is_empty() {
+                    return Err(err(word, "the log file name is empty"));
+                }
+                args.log = Some(value.to_owned());
+            }
+            "weights" => {
+                if args.mode != ModeArg::Explore {
+                    return Err(err(word, "\"weights=\" is only valid with \"explore\""));
+                }
+                let mut set = Vec::new();
+                for item in value.split(',') {
+                    let w: u32 = item
+                        .parse()
+                        .map_err(|_| err(word, format!("\"{item}\" is not a whole number")))?;
+                    if w == 0 || w > MAX_WEIGHT {
+                        return Err(err(word, format!("weight {w} is outside 1..={MAX_WEIGHT}")));
+                    }
+                    if !set.contains(&w) {
+                        set.push(w);
+                    }
+                }
+                args.weights = set;
+            }
+            "epsilon" => {
+                if !matches!(args.mode, ModeArg::Policy(_)) {
+                    return Err(err(word, "\"epsilon=\" is only valid with a policy file"));
+                }
+                let p: f64 = value
+                    .parse()
+                    .map_err(|_| err(word, "expected a probability such as 0.05"))?;
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(err(word, "the probability must be between 0 and 1"));
+                }
+                args.epsilon = p;
+            }
+            _ => {
+                return Err(err(
+                    word,
+                    "unknown parameter (expected interval=, choose=, log=, weights=, epsilon=)",
+                ))
+            }
+        }
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_directive_observes() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.mode, ModeArg::Observe);
+        assert_eq!(a.choose, ChooseArg::Wrr);
+        assert_eq!(a.interval_ms, None);
+    }
+
+    #[test]
+    fn observe_with_parameters() {
+        let a = parse(&["log=logs/x.jsonl", "interval=1s"]).unwrap();
+        assert_eq!(a.mode, ModeArg::Observe);
+        assert_eq!(a.log.as_deref(), Some("logs/x.jsonl"));
+        assert_eq!(a.interval_ms, Some(1000));
+    }
+
+    #[test]
+    fn explore_with_weights() {
+        let a = parse(&["explore", "weights=1,2,2,8", "interval=500ms"]).unwrap();
+        assert_eq!(a.mode, ModeArg::Explore);
+        assert_eq!(a.weights, vec![1, 2, 8]);
+        assert_eq!(a.interval_ms, Some(500));
+    }
+
+    #[test]
+    fn policy_with_epsilon_and_p2c() {
+        let a = parse(&["p.json", "epsilon=0.1", "choose=p2c"]).unwrap();
+        assert_eq!(a.mode, ModeArg::Policy("p.json".into()));
+        assert_eq!(a.epsilon, 0.1);
+        assert_eq!(a.choose, ChooseArg::P2c);
+        assert_eq!(a.weights, DEFAULT_EXPLORE_WEIGHTS.to_vec());
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time_ms("2"), Some(2000));
+        assert_eq!(parse_time_ms("2s"), Some(2000));
+        assert_eq!(parse_time_ms("250ms"), Some(250));
+        assert_eq!(parse_time_ms("1m"), Some(60_000));
+        assert_eq!(parse_time_ms("1h"), Some(3_600_000));
+        assert_eq!(parse_time_ms("s"), None);
+        assert_eq!(parse_time_ms("2x"), None);
+        assert_eq!(parse_time_ms("-2s"), None);
+        assert_eq!(parse_time_ms("99999999999999999999s"), None);
+    }
+
+    #[test]
+    fn bad_words_are_named() {
+        let cases: &[(&[&str], &str, &str)] = &[
+            (&["explore", "interval=0s"], "interval=0s", "between 100ms"),
+            (
+                &["explore", "interval=5d"],
+                "interval=5d",
+                "expected a time",
+            ),
+            (
+                &["explore", "choose=fastest"],
+                "choose=fastest",
+                "\"wrr\" or \"p2c\"",
+            ),
+            (
+                &["explore", "weights=1,0"],
+                "weights=1,0",
+                "outside 1..=1000",
+            ),
+            (
+                &["explore", "weights=1,x"],
+                "weights=1,x",
+                "not a whole number",
+            ),
+            (&["explore", "weights="], "weights=", "not a whole number"),
+            (
+                &["p.json", "weights=1,3"],
+                "weights=1,3",
+                "only valid with \"explore\"",
+            ),
+            (
+                &["explore", "epsilon=0.1"],
+                "epsilon=0.1",
+                "only valid with a policy",
+            ),
+            (&["p.json", "epsilon=1.5"], "epsilon=1.5", "between 0 and 1"),
+            (&["p.json", "epsilon=abc"], "epsilon=abc", "probability"),
+            (&["p.json", "log="], "log=", "empty"),
+            (&["p.json", "colour=red"], "colour=red", "unknown parameter"),
+            (&["p.json", "extra"], "extra", "KEY=VALUE"),
+            (
+                &["p.json", "interval=1s", "interval=2s"],
+                "interval=2s",
+                "twice",
+            ),
+            (&[""], "", "empty"),
+        ];
+        for (words, word, needle) in cases {
+            let e = parse(words).expect_err(&format!("{words:?} should fail"));
+            assert_eq!(&e.word, word, "{words:?}");
+            let text = e.to_string();
+            assert!(text.contains(needle), "{words:?}: {text}");
+            assert!(text.contains("deep_sched"), "{text}");
+        }
+    }
+}

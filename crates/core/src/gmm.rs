@@ -1,0 +1,507 @@
+//! Gaussian mixture scoring, shared by the module (classification once per
+//! interval) and the learner (the E-step), so both compute the same numbers.
+//!
+//! Each component keeps the Cholesky factor `U` of its precision
+//! (`Σ⁻¹ = U Uᵀ`, `U` upper triangular, as scikit-learn's
+//! `precisions_cholesky_`), so
+//!
+//! ```text
+//! log N(x | μ, Σ) = −½·D·ln 2π + ln det U − ½·‖(x − μ)ᵀ U‖²,   ln det U = Σᵢ ln Uᵢᵢ
+//! ```
+//!
+//! and `(x − μ)ᵀU = xᵀU − μᵀU` with `μᵀU` precomputed. Mixture scores are
+//! combined with log-sum-exp, so no probability ever underflows.
+
+/// `ln(2π)`.
+const LN_2PI: f64 = 1.837_877_066_409_345_5;
+
+/// How component covariances are parameterised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CovarianceKind {
+    /// A full `D×D` covariance per component.
+    Full,
+    /// A diagonal covariance (`D` variances) per component.
+    Diag,
+}
+
+/// Why a mixture could not be built (the caller adds the file and path).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GmmError {
+    /// Component index, when the problem is one component's.
+    pub component: Option<usize>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// `ln Σᵢ exp(xᵢ)`, stable for any finite inputs (−∞ for an empty slice or
+/// all −∞).
+pub fn log_sum_exp(xs: &[f64]) -> f64 {
+    let m = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !m.is_finite() {
+        return m;
+    }
+    m + xs.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+}
+
+/// Cholesky factor `L` (lower, row-major) of a symmetric positive-definite
+/// `D×D` matrix `a` (row-major): `a = L Lᵀ`. `None` if not positive definite.
+pub fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let mut s = a[i * d + j];
+            for k in 0..j {
+                s -= l[i * d + k] * l[j * d + k];
+            }
+            if i == j {
+                if s <= 0.0 || !s.is_finite() {
+                    return None;
+                }
+                l[i * d + i] = s.sqrt();
+            } else {
+                l[i * d + j] = s / l[j * d + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+/// `U = L⁻ᵀ` (upper, row-major) from a lower Cholesky factor `L` of `Σ`, so
+/// that `Σ⁻¹ = U Uᵀ`.
+pub fn precision_cholesky_from_cov_cholesky(l: &[f64], d: usize) -> Vec<f64> {
+    // Solve L M = I column by column (M = L⁻¹, lower), then U = Mᵀ.
+    let mut m = vec![0.0; d * d];
+    for c in 0..d {
+        for i in c..d {
+            let mut s = if i == c { 1.0 } else { 0.0 };
+            for k in c..i {
+                s -= l[i * d + k] * m[k * d + c];
+            }
+            m[i * d + c] = s / l[i * d + i];
+        }
+    }
+    let mut u = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..d {
+            u[j * d + i] = m[i * d + j];
+        }
+    }
+    u
+}
+
+/// One Gaussian component, precomputed for scoring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Component {
+    /// `ln wₖ` (mixture weight).
+    pub log_weight: f64,
+    /// Mean `μ`.
+    pub mean: Vec<f64>,
+    /// `U` (full: `D×D` upper, row-major) or `1/σ` per dimension (diag).
+    pub prec_chol: Vec<f64>,
+    /// `μᵀU` (full) or `μ/σ` (diag).
+    mu_u: Vec<f64>,
+    /// `−½·D·ln 2π + ln det U`.
+    log_norm: f64,
+}
+
+/// A mixture ready for scoring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gmm {
+    /// Dimension.
+    pub d: usize,
+    /// Covariance parameterisation.
+    pub kind: CovarianceKind,
+    /// Components (states), in order.
+    pub components: Vec<Component>,
+}
+
+fn finite(xs: &[f64]) -> bool {
+    xs.iter().all(|x| x.is_finite())
+}
+
+impl Gmm {
+    /// Builds a mixture from weights, means and precision Cholesky factors
+    /// (`prec_chol[k]`: `D×D` row-major upper `U` for full, `D` values
+    /// `1/σ` for diag).
+    pub fn from_precisions_cholesky(
+        kind: CovarianceKind,
+        weights: &[f64],
+        means: &[Vec<f64>],
+        prec_chol: &[Vec<f64>],
+    ) -> Result<Gmm, GmmError> {
+        let k = weights.len();
+        if k == 0 {
+            return Err(GmmError {
+                component: None,
+                problem: "the mixture has no components".into(),
+            });
+        }
+        let d = means.first().map_or(0, Vec::len);
+        if d == 0 {
+            return Err(GmmError {
+                component: Some(0),
+                problem: "the mean has no dimensions".into(),
+            });
+        }
+        if means.len() != k || prec_chol.len() != k {
+            return Err(GmmError {
+                component: None,
+                problem: format!(
+                    "{k} weights but {} means and {} precision factors",
+                    means.len(),
+                    prec_chol.len()
+                ),
+            });
+        }
+        let mut components = Vec::with_capacity(k);
+        for (c, ((w, mean), u)) in weights.iter().zip(means).zip(prec_chol).enumerate() {
+            let err = |problem: String| GmmError {
+                component: Some(c),
+                problem,
+            };
+            if mean.len() != d {
+                return Err(err(format!(
+                    "mean has {} dimensions, expected {d}",
+                    mean.len()
+                )));
+            }
+            if !finite(mean) || !finite(u) || !w.is_finite() {
+                return Err(err("contains a value that is not a finite number".into()));
+            }
+            if *w <= 0.0 {
+                return Err(err(format!("mixture weight {w} is not positive")));
+            }
+            let (mu_u, log_det) = match kind {
+                CovarianceKind::Full => {
+                    if u.len() != d * d {
+                        return Err(err(format!(
+                            "precision factor has {} values, expected {}",
+                            u.len(),
+                            d * d
+                        )));
+                    }
+                    let mut log_det = 0.0;
+                    for i in 0..d {
+                        let diag = u[i * d + i];
+                        if diag <= 0.0 {
+                            return Err(err("precision factor is not positive definite".into()));
+                        }
+                        log_det += diag.ln();
+                        if (0..i).any(|j| u[i * d + j] != 0.0) {
+                            return Err(err("precision factor is not upper triangular".into()));
+                        }
+                    }
+                    let mut mu_u = vec![0.0; d];
+                    for i in 0..d {
+                        for j in i..d {
+                            mu_u[j] += mean[i] * u[i * d + j];
+                        }
+                    }
+                    (mu_u, log_det)
+                }
+                CovarianceKind::Diag => {
+                    if u.len() != d {
+                        return Err(err(format!(
+                            "precision factor has {} values, expected {d}",
+                            u.len()
+                        )));
+                    }
+                    if u.iter().any(|&x| x <= 0.0) {
+                        return Err(err("precision factor is not positive".into()));
+                    }
+                    (
+                        mean.iter().zip(u).map(|(m, s)| m * s).collect(),
+                        u.iter().map(|x| x.ln()).sum(),
+                    )
+                }
+            };
+            components.push(Component {
+                log_weight: w.ln(),
+                mean: mean.clone(),
+                prec_chol: u.clone(),
+                mu_u,
+                log_norm: -0.5 * d as f64 * LN_2PI + log_det,
+            });
+        }
+        Ok(Gmm {
+            d,
+            kind,
+            components,
+        })
+    }
+
+    /// Builds a mixture from covariances (`covs[k]`: `D×D` row-major for
+    /// full, `D` variances for diag); fails on a matrix that is not
+    /// symmetric positive definite.
+    pub fn from_covariances(
+        kind: CovarianceKind,
+        weights: &[f64],
+        means: &[Vec<f64>],
+        covs: &[Vec<f64>],
+    ) -> Result<Gmm, GmmError> {
+        let d = means.first().map_or(0, Vec::len);
+        let mut prec = Vec::with_capacity(covs.len());
+        for (c, cov) in covs.iter().enumerate() {
+            let err = |problem: String| GmmError {
+                component: Some(c),
+                problem,
+            };
+            if !finite(cov) {
+                return Err(err("contains a value that is not a finite number".into()));
+            }
+            match kind {
+                CovarianceKind::Full => {
+                    if cov.len() != d * d {
+                        return Err(err(format!(
+                            "covariance has {} values, expected {d}x{d}",
+                            cov.len()
+                        )));
+                    }
+                    for i in 0..d {
+                        for j in 0..i {
+                            let (a, b) = (cov[i * d + j], cov[j * d + i]);
+                            if (a - b).abs() > 1e-9 * (1.0 + a.abs().max(b.abs())) {
+                                return Err(err(format!(
+                                    "covariance is not symmetric at [{i}][{j}]"
+                                )));
+                            }
+                        }
+                    }
+                    let l = cholesky(cov, d)
+                        .ok_or_else(|| err("covariance is not positive definite".into()))?;
+                    prec.push(precision_cholesky_from_cov_cholesky(&l, d));
+                }
+                CovarianceKind::Diag => {
+                    if cov.len() != d {
+                        return Err(err(format!(
+                            "covariance has {} variances, expected {d}",
+                            cov.len()
+                        )));
+                    }
+                    if cov.iter().any(|&v| v <= 0.0) {
+                        return Err(err(
+                            "covariance is not positive definite (a variance is not positive)"
+                                .into(),
+                        ));
+                    }
+                    prec.push(cov.iter().map(|v| 1.0 / v.sqrt()).collect());
+                }
+            }
+        }
+        Self::from_precisions_cholesky(kind, weights, means, &prec)
+    }
+
+    /// Number of components.
+    pub fn k(&self) -> usize {
+        self.components.len()
+    }
+
+    /// `ln N(x | μₖ, Σₖ)` (without the mixture weight). `scratch` needs `D`
+    /// values; nothing is allocated.
+    pub fn log_density(&self, k: usize, x: &[f64], scratch: &mut [f64]) -> f64 {
+        let c = &self.components[k];
+        let d = self.d;
+        let y = &mut scratch[..d];
+        match self.kind {
+            CovarianceKind::Full => {
+                y.iter_mut().zip(&c.mu_u).for_each(|(y, m)| *y = -m);
+                for i in 0..d {
+                    let xi = x[i];
+                    let row = &c.prec_chol[i * d + i..(i + 1) * d];
+                    // y[j] += x[i]·U[i][j] for j ≥ i: a contiguous axpy.
+                    for (yj, uij) in y[i..].iter_mut().zip(row) {
+                        *yj += xi * uij;
+                    }
+                }
+            }
+            CovarianceKind::Diag => {
+                for (((y, xi), s), m) in y.iter_mut().zip(x).zip(&c.prec_chol).zip(&c.mu_u) {
+                    *y = xi * s - m;
+                }
+            }
+        }
+        let sq: f64 = y.iter().map(|v| v * v).sum();
+        c.log_norm - 0.5 * sq
+    }
+
+    /// Weighted log densities `ln wₖ + ln N(x | k)` into `out` (K values)
+    /// and their log-sum-exp, the log-likelihood `ln p(x)`.
+    pub fn weighted_log_densities(&self, x: &[f64], out: &mut [f64], scratch: &mut [f64]) -> f64 {
+        for (k, o) in out.iter_mut().enumerate().take(self.k()) {
+            *o = self.components[k].log_weight + self.log_density(k, x, scratch);
+        }
+        log_sum_exp(&out[..self.k()])
+    }
+
+    /// The most likely component and `ln p(x)`. `out` needs K values and
+    /// `scratch` D values; nothing is allocated.
+    pub fn classify_with(&self, x: &[f64], out: &mut [f64], scratch: &mut [f64]) -> (usize, f64) {
+        let ll = self.weighted_log_densities(x, out, scratch);
+        let best = out[..self.k()]
+            .iter()
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                if v > bv {
+                    (i, v)
+                } else {
+                    (bi, bv)
+                }
+            })
+            .0;
+        (best, ll)
+    }
+
+    /// As [`Gmm::classify_with`], allocating its buffers.
+    pub fn classify(&self, x: &[f64]) -> (usize, f64) {
+        let mut out = vec![0.0; self.k()];
+        let mut scratch = vec![0.0; self.d];
+        self.classify_with(x, &mut out, &mut scratch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive_log_density(x: &[f64], mean: &[f64], cov: &[f64], d: usize) -> f64 {
+        // Via the inverse computed by Gauss-Jordan and the determinant from
+        // the Cholesky factor: an independent route to the same number.
+        let l = cholesky(cov, d).unwrap();
+        let log_det: f64 = (0..d).map(|i| 2.0 * l[i * d + i].ln()).sum();
+        let mut a = cov.to_vec();
+        let mut inv = vec![0.0; d * d];
+        for i in 0..d {
+            inv[i * d + i] = 1.0;
+        }
+        for c in 0..d {
+            let p = a[c * d + c];
+            for j in 0..d {
+                a[c * d + j] /= p;
+                inv[c * d + j] /= p;
+            }
+            for r in 0..d {
+                if r != c {
+                    let f = a[r * d + c];
+                    for j in 0..d {
+                        a[r * d + j] -= f * a[c * d + j];
+                        inv[r * d + j] -= f * inv[c * d + j];
+                    }
+                }
+            }
+        }
+        let diff: Vec<f64> = x.iter().zip(mean).map(|(a, b)| a - b).collect();
+        let mut q = 0.0;
+        for i in 0..d {
+            for j in 0..d {
+                q += diff[i] * inv[i * d + j] * diff[j];
+            }
+        }
+        -0.5 * (d as f64 * LN_2PI + log_det + q)
+    }
+
+    #[test]
+    fn full_density_matches_the_textbook_formula() {
+        let d = 3;
+        let cov = vec![2.0, 0.3, 0.1, 0.3, 1.0, -0.2, 0.1, -0.2, 0.5];
+        let mean = vec![1.0, -1.0, 0.5];
+        let g = Gmm::from_covariances(
+            CovarianceKind::Full,
+            &[1.0],
+            std::slice::from_ref(&mean),
+            std::slice::from_ref(&cov),
+        )
+        .unwrap();
+        let x = [0.3, 0.2, -0.4];
+        let mut s = [0.0; 3];
+        let got = g.log_density(0, &x, &mut s);
+        let want = naive_log_density(&x, &mean, &cov, d);
+        assert!((got - want).abs() < 1e-10, "{got} vs {want}");
+    }
+
+    #[test]
+    fn diag_equals_full_with_diagonal_covariance() {
+        let means = vec![vec![0.0, 1.0], vec![2.0, -1.0]];
+        let diag = Gmm::from_covariances(
+            CovarianceKind::Diag,
+            &[0.3, 0.7],
+            &means,
+            &[vec![1.0, 4.0], vec![0.5, 2.0]],
+        )
+        .unwrap();
+        let full = Gmm::from_covariances(
+            CovarianceKind::Full,
+            &[0.3, 0.7],
+            &means,
+            &[vec![1.0, 0.0, 0.0, 4.0], vec![0.5, 0.0, 0.0, 2.0]],
+        )
+        .unwrap();
+        let x = [0.7, 0.1];
+        let (a, la) = diag.classify(&x);
+        let (b, lb) = full.classify(&x);
+        assert_eq!(a, b);
+        assert!((la - lb).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rejects_bad_covariances() {
+        let m = vec![vec![0.0, 0.0]];
+        let singular = Gmm::from_covariances(
+            CovarianceKind::Full,
+            &[1.0],
+            &m,
+            &[vec![1.0, 1.0, 1.0, 1.0]],
+        );
+        assert!(singular.unwrap_err().problem.contains("positive definite"));
+        let asym = Gmm::from_covariances(
+            CovarianceKind::Full,
+            &[1.0],
+            &m,
+            &[vec![1.0, 0.5, 0.0, 1.0]],
+        );
+        assert!(asym.unwrap_err().problem.contains("symmetric"));
+        let neg = Gmm::from_covariances(CovarianceKind::Diag, &[1.0], &m, &[vec![1.0, -1.0]]);
+        assert!(neg.unwrap_err().problem.contains("positive"));
+    }
+
+    #[test]
+    fn far_points_do_not_underflow() {
+        let g = Gmm::from_covariances(
+            CovarianceKind::Diag,
+            &[0.5, 0.5],
+            &[vec![0.0], vec![10.0]],
+            &[vec![0.01], vec![0.01]],
+        )
+        .unwrap();
+        let (k, ll) = g.classify(&[1e4]);
+        assert_eq!(k, 1);
+        assert!(ll.is_finite() && ll < -1e6);
+    }
+
+    proptest! {
+        #[test]
+        fn log_sum_exp_matches_naive(xs in prop::collection::vec(-50.0f64..50.0, 1..20)) {
+            let naive = xs.iter().map(|x| x.exp()).sum::<f64>().ln();
+            prop_assert!((log_sum_exp(&xs) - naive).abs() < 1e-9);
+        }
+
+        #[test]
+        fn classification_is_invariant_to_component_order(x in -3.0f64..3.0, y in -3.0f64..3.0) {
+            let means = vec![vec![0.0, 0.0], vec![1.0, 1.0], vec![-1.0, 2.0]];
+            let covs = vec![vec![1.0, 0.2, 0.2, 1.0], vec![0.5, 0.0, 0.0, 2.0], vec![1.0, -0.3, -0.3, 0.7]];
+            let w = [0.2, 0.5, 0.3];
+            let g = Gmm::from_covariances(CovarianceKind::Full, &w, &means, &covs).unwrap();
+            let perm = [2usize, 0, 1];
+            let g2 = Gmm::from_covariances(
+                CovarianceKind::Full,
+                &perm.map(|i| w[i]),
+                &perm.iter().map(|&i| means[i].clone()).collect::<Vec<_>>(),
+                &perm.iter().map(|&i| covs[i].clone()).collect::<Vec<_>>(),
+            ).unwrap();
+            let (a, la) = g.classify(&[x, y]);
+            let (b, lb) = g2.classify(&[x, y]);
+            prop_assert_eq!(a, perm[b]);
+            prop_assert!((la - lb).abs() < 1e-9);
+        }
+    }
+}

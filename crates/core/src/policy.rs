@@ -1,0 +1,649 @@
+//! The policy file: its JSON form ([`PolicyDocument`], schema in
+//! `policies/policy.schema.json`) and the validated, ready-to-score
+//! [`Policy`].
+//!
+//! Everything is checked when the file is read — syntax, unknown or
+//! duplicate keys, version, finiteness, every dimension, positive
+//! definiteness, index ranges — and every error names the file, the JSON
+//! path and the problem, because that message is what `nginx -t` prints.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::directive::{INTERVAL_RANGE_MS, MAX_WEIGHT};
+use crate::features::{AgentShape, FeatureSet, FeatureSpec, Standardization};
+use crate::gmm::{CovarianceKind, Gmm};
+
+/// The `format` value of a policy file.
+pub const POLICY_FORMAT: &str = "deep_sched.policy";
+/// The policy format version this build reads and writes.
+pub const POLICY_VERSION: u32 = 1;
+
+/// A policy file problem: which file, where in it, what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The file (or the name given to [`Policy::from_json_str`]).
+    pub source_name: String,
+    /// JSON path (`gmm.covariances[3]`), `$` for the whole document.
+    pub path: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "policy \"{}\": at {}: {}",
+            self.source_name, self.path, self.problem
+        )
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// `full` or `diag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CovarianceType {
+    Full,
+    Diag,
+}
+
+/// A matrix per component (full) or a vector per component (diag).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PerComponent {
+    /// `[K][D][D]`.
+    Matrices(Vec<Vec<Vec<f64>>>),
+    /// `[K][D]`.
+    Vectors(Vec<Vec<f64>>),
+}
+
+/// The GMM section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GmmDocument {
+    pub covariance: CovarianceType,
+    /// Mixture weights, summing to 1.
+    pub weights: Vec<f64>,
+    /// `[K][D]`.
+    pub means: Vec<Vec<f64>>,
+    /// Covariances (exactly one of this and `precisions_cholesky`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covariances: Option<PerComponent>,
+    /// Upper Cholesky factors of the precisions (`Σ⁻¹ = U Uᵀ`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precisions_cholesky: Option<PerComponent>,
+}
+
+/// One action: a weight per peer of every upstream of the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionDocument {
+    /// `weights[u][p]`.
+    pub weights: Vec<Vec<u32>>,
+}
+
+/// The `agent` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDocument {
+    pub upstreams: Vec<crate::features::UpstreamShape>,
+}
+
+/// Scaling advice for a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scaling {
+    /// The peers look saturated: add a replica.
+    Add,
+    /// The peers look idle: one can go.
+    Remove,
+    /// Neither.
+    Hold,
+}
+
+impl Scaling {
+    /// `add`, `remove` or `hold`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scaling::Add => "add",
+            Scaling::Remove => "remove",
+            Scaling::Hold => "hold",
+        }
+    }
+}
+
+/// A policy file as written (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// Always `deep_sched.policy`.
+    pub format: String,
+    /// Always [`POLICY_VERSION`].
+    pub version: u32,
+    /// Decision interval, ms.
+    pub interval_ms: u64,
+    pub agent: AgentDocument,
+    pub features: Vec<FeatureSpec>,
+    pub standardization: Standardization,
+    pub gmm: GmmDocument,
+    pub actions: Vec<ActionDocument>,
+    /// `table[state]` = action index.
+    pub table: Vec<usize>,
+    /// Action for observations unlike the training data.
+    pub default_action: usize,
+    /// Below this total log-likelihood an observation is out of distribution
+    /// (`null`: never).
+    pub ood_log_likelihood: Option<f64>,
+    /// Per-state scaling advice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<Vec<Scaling>>,
+    /// Free-form provenance: learner, algorithm, samples, created, reward, seed.
+    #[serde(default)]
+    pub provenance: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A validated policy, ready to score observations.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    source: String,
+    doc: PolicyDocument,
+    shape: AgentShape,
+    features: FeatureSet,
+    gmm: Gmm,
+}
+
+struct Check<'a> {
+    source: &'a str,
+}
+
+impl Check<'_> {
+    fn err(&self, path: impl Into<String>, problem: impl Into<String>) -> PolicyError {
+        PolicyError {
+            source_name: self.source.to_owned(),
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn finite(&self, path: &str, xs: &[f64]) -> Result<(), PolicyError> {
+        match xs.iter().position(|x| !x.is_finite()) {
+            Some(i) => Err(self.err(format!("{path}[{i}]"), "not a finite number")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn flatten(
+    check: &Check,
+    path: &str,
+    value: &PerComponent,
+    kind: CovarianceType,
+    k: usize,
+    d: usize,
+) -> Result<Vec<Vec<f64>>, PolicyError> {
+    match (kind, value) {
+        (CovarianceType::Full, PerComponent::Matrices(ms)) => {
+            if ms.len() != k {
+                return Err(check.err(path, format!("{} matrices for {k} components", ms.len())));
+            }
+            ms.iter()
+                .enumerate()
+                .map(|(c, m)| {
+                    if m.len() != d || m.iter().any(|row| row.len() != d) {
+                        return Err(
+                            check.err(format!("{path}[{c}]"), format!("expected a {d}x{d} matrix"))
+                        );
+                    }
+                    let flat: Vec<f64> = m.iter().flatten().copied().collect();
+                    check.finite(&format!("{path}[{c}]"), &flat)?;
+                    Ok(flat)
+                })
+                .collect()
+        }
+        (CovarianceType::Diag, PerComponent::Vectors(vs)) => {
+            if vs.len() != k {
+                return Err(check.err(path, format!("{} vectors for {k} components", vs.len())));
+            }
+            vs.iter()
+                .enumerate()
+                .map(|(c, v)| {
+                    if v.len() != d {
+                        return Err(check.err(
+                            format!("{path}[{c}]"),
+                            format!("expected {d} values, found {}", v.len()),
+                        ));
+                    }
+                    check.finite(&format!("{path}[{c}]"), v)?;
+                    Ok(v.clone())
+                })
+                .collect()
+        }
+        (CovarianceType::Full, _) => Err(check.err(
+            path,
+            "covariance \"full\" needs one DxD matrix per component",
+        )),
+        (CovarianceType::Diag, _) => Err(check.err(
+            path,
+            "covariance \"diag\" needs one vector of D values per component",
+        )),
+    }
+}
+
+impl PolicyDocument {
+    /// Validates the document; `source_name` goes into error messages.
+    pub fn validate(self, source_name: &str) -> Result<Policy, PolicyError> {
+        let check = Check {
+            source: source_name,
+        };
+        let doc = self;
+        if doc.format != POLICY_FORMAT {
+            return Err(check.err(
+                "format",
+                format!("expected \"{POLICY_FORMAT}\", found \"{}\"", doc.format),
+            ));
+        }
+        if doc.version != POLICY_VERSION {
+            return Err(check.err(
+                "version",
+                format!(
+                    "unsupported version {} (this build reads version {POLICY_VERSION})",
+                    doc.version
+                ),
+            ));
+        }
+        let (lo, hi) = INTERVAL_RANGE_MS;
+        if !(lo..=hi).contains(&doc.interval_ms) {
+            return Err(check.err(
+                "interval_ms",
+                format!("{} is outside {lo}..={hi}", doc.interval_ms),
+            ));
+        }
+
+        let shape = AgentShape {
+            upstreams: doc.agent.upstreams.clone(),
+        };
+        if shape.upstreams.is_empty() {
+            return Err(check.err("agent.upstreams", "no upstreams"));
+        }
+        for (u, up) in shape.upstreams.iter().enumerate() {
+            if up.name.is_empty() {
+                return Err(check.err(format!("agent.upstreams[{u}].name"), "empty name"));
+            }
+            if shape.upstreams[..u].iter().any(|o| o.name == up.name) {
+                return Err(check.err(
+                    format!("agent.upstreams[{u}].name"),
+                    format!("upstream \"{}\" is listed twice", up.name),
+                ));
+            }
+            if up.peers.is_empty() {
+                return Err(check.err(format!("agent.upstreams[{u}].peers"), "no peers"));
+            }
+            for (p, name) in up.peers.iter().enumerate() {
+                if up.peers[..p].contains(name) {
+                    return Err(check.err(
+                        format!("agent.upstreams[{u}].peers[{p}]"),
+                        format!("peer \"{name}\" is listed twice"),
+                    ));
+                }
+            }
+        }
+
+        let d = doc.features.len();
+        if d == 0 {
+            return Err(check.err("features", "no features"));
+        }
+        for (i, f) in doc.features.iter().enumerate() {
+            if f.upstream >= shape.upstreams.len() {
+                return Err(check.err(
+                    format!("features[{i}].upstream"),
+                    format!(
+                        "upstream index {} out of range (the agent has {})",
+                        f.upstream,
+                        shape.upstreams.len()
+                    ),
+                ));
+            }
+            if let Some(p) = f.peer {
+                let n = shape.peers_of(f.upstream);
+                if p >= n {
+                    return Err(check.err(
+                        format!("features[{i}].peer"),
+                        format!("peer index {p} out of range (upstream has {n})"),
+                    ));
+                }
+            }
+        }
+        let st = &doc.standardization;
+        if st.mean.len() != d {
+            return Err(check.err(
+                "standardization.mean",
+                format!("{} values for {d} features", st.mean.len()),
+            ));
+        }
+        if st.std.len() != d {
+            return Err(check.err(
+                "standardization.std",
+                format!("{} values for {d} features", st.std.len()),
+            ));
+        }
+        check.finite("standardization.mean", &st.mean)?;
+        check.finite("standardization.std", &st.std)?;
+        if let Some(i) = st.std.iter().position(|s| *s <= 0.0) {
+            return Err(check.err(format!("standardization.std[{i}]"), "must be positive"));
+        }
+
+        let g = &doc.gmm;
+        let k = g.weights.len();
+        if k == 0 {
+            return Err(check.err("gmm.weights", "no components"));
+        }
+        check.finite("gmm.weights", &g.weights)?;
+        if let Some(i) = g.weights.iter().position(|w| *w <= 0.0) {
+            return Err(check.err(
+                format!("gmm.weights[{i}]"),
+                "mixture weights must be positive",
+            ));
+        }
+        let sum: f64 = g.weights.iter().sum();
+        if (sum - 1.0).abs() > 1e-6 {
+            return Err(check.err(
+                "gmm.weights",
+                format!("mixture weights sum to {sum}, expected 1"),
+            ));
+        }
+        if g.means.len() != k {
+            return Err(check.err(
+                "gmm.means",
+                format!("{} means for {k} components", g.means.len()),
+            ));
+        }
+        for (c, m) in g.means.iter().enumerate() {
+            if m.len() != d {
+                return Err(check.err(
+                    format!("gmm.means[{c}]"),
+                    format!("{} values for {d} features", m.len()),
+                ));
+            }
+            check.finite(&format!("gmm.means[{c}]"), m)?;
+        }
+        let kind = match g.covariance {
+            CovarianceType::Full => CovarianceKind::Full,
+            CovarianceType::Diag => CovarianceKind::Diag,
+        };
+        let gmm = match (&g.covariances, &g.precisions_cholesky) {
+            (Some(c), None) => {
+                let covs = flatten(&check, "gmm.covariances", c, g.covariance, k, d)?;
+                Gmm::from_covariances(kind, &g.weights, &g.means, &covs).map_err(|e| {
+                    check.err(
+                        e.component.map_or("gmm.covariances".into(), |c| {
+                            format!("gmm.covariances[{c}]")
+                        }),
+                        e.problem,
+                    )
+                })?
+            }
+            (None, Some(p)) => {
+                let prec = flatten(&check, "gmm.precisions_cholesky", p, g.covariance, k, d)?;
+                Gmm::from_precisions_cholesky(kind, &g.weights, &g.means, &prec).map_err(|e| {
+                    check.err(
+                        e.component.map_or("gmm.precisions_cholesky".into(), |c| {
+                            format!("gmm.precisions_cholesky[{c}]")
+                        }),
+                        e.problem,
+                    )
+                })?
+            }
+            (Some(_), Some(_)) => {
+                return Err(check.err(
+                    "gmm",
+                    "give either \"covariances\" or \"precisions_cholesky\", not both",
+                ))
+            }
+            (None, None) => {
+                return Err(check.err(
+                    "gmm",
+                    "missing \"covariances\" (or \"precisions_cholesky\")",
+                ))
+            }
+        };
+
+        if doc.actions.is_empty() {
+            return Err(check.err("actions", "no actions"));
+        }
+        for (a, action) in doc.actions.iter().enumerate() {
+            if action.weights.len() != shape.upstreams.len() {
+                return Err(check.err(
+                    format!("actions[{a}].weights"),
+                    format!(
+                        "{} upstreams, the agent has {}",
+                        action.weights.len(),
+                        shape.upstreams.len()
+                    ),
+                ));
+            }
+            for (u, ws) in action.weights.iter().enumerate() {
+                let n = shape.peers_of(u);
+                if ws.len() != n {
+                    return Err(check.err(
+                        format!("actions[{a}].weights[{u}]"),
+                        format!("{} weights for {n} peers", ws.len()),
+                    ));
+                }
+                if let Some(p) = ws.iter().position(|w| *w == 0 || *w > MAX_WEIGHT) {
+                    return Err(check.err(
+                        format!("actions[{a}].weights[{u}][{p}]"),
+                        format!("weight {} is outside 1..={MAX_WEIGHT}", ws[p]),
+                    ));
+                }
+            }
+        }
+        if doc.table.len() != k {
+            return Err(check.err(
+                "table",
+                format!("{} entries for {k} states", doc.table.len()),
+            ));
+        }
+        if let Some(s) = doc.table.iter().position(|a| *a >= doc.actions.len()) {
+            return Err(check.err(
+                format!("table[{s}]"),
+                format!(
+                    "action {} out of range ({} actions)",
+                    doc.table[s],
+                    doc.actions.len()
+                ),
+            ));
+        }
+        if doc.default_action >= doc.actions.len() {
+            return Err(check.err(
+                "default_action",
+                format!(
+                    "action {} out of range ({} actions)",
+                    doc.default_action,
+                    doc.actions.len()
+                ),
+            ));
+        }
+        if let Some(t) = doc.ood_log_likelihood {
+            if !t.is_finite() {
+                return Err(check.err("ood_log_likelihood", "not a finite number"));
+            }
+        }
+        if let Some(s) = &doc.scaling {
+            if s.len() != k {
+                return Err(check.err("scaling", format!("{} entries for {k} states", s.len())));
+            }
+        }
+        let features = FeatureSet {
+            specs: doc.features.clone(),
+            standardization: doc.standardization.clone(),
+        };
+        Ok(Policy {
+            source: source_name.to_owned(),
+            doc,
+            shape,
+            features,
+            gmm,
+        })
+    }
+}
+
+/// Turns a serde error into the path-and-problem form.
+fn parse_error(
+    source_name: &str,
+    text: &str,
+    e: serde_path_to_error::Error<serde_json::Error>,
+) -> PolicyError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let problem = if text.trim().is_empty() {
+        "the file is empty".to_owned()
+    } else if inner.is_eof() {
+        format!(
+            "the JSON ends early (truncated?) at line {} column {}",
+            inner.line(),
+            inner.column()
+        )
+    } else {
+        inner.to_string()
+    };
+    PolicyError {
+        source_name: source_name.to_owned(),
+        path: if path.is_empty() || path == "." {
+            "$".into()
+        } else {
+            path
+        },
+        problem,
+    }
+}
+
+impl Policy {
+    /// Parses and validates a policy from JSON text.
+    pub fn from_json_str(text: &str, source_name: &str) -> Result<Policy, PolicyError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let doc: PolicyDocument =
+            serde_path_to_error::deserialize(de).map_err(|e| parse_error(source_name, text, e))?;
+        doc.validate(source_name)
+    }
+
+    /// Reads and validates a policy file (the core's only I/O).
+    pub fn load(path: &str) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            source_name: path.to_owned(),
+            path: "$".into(),
+            problem: format!("cannot read the file: {e}"),
+        })?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// The file (or name) the policy was read from.
+    pub fn source_name(&self) -> &str {
+        &self.source
+    }
+
+    /// The document (for writing it back or inspecting it).
+    pub fn to_document(&self) -> PolicyDocument {
+        self.doc.clone()
+    }
+
+    /// The agent's upstreams and peers.
+    pub fn shape(&self) -> &AgentShape {
+        &self.shape
+    }
+
+    /// Features and standardisation.
+    pub fn features(&self) -> &FeatureSet {
+        &self.features
+    }
+
+    /// The scoring mixture.
+    pub fn gmm(&self) -> &Gmm {
+        &self.gmm
+    }
+
+    /// Number of states.
+    pub fn states(&self) -> usize {
+        self.gmm.k()
+    }
+
+    /// The actions.
+    pub fn actions(&self) -> &[ActionDocument] {
+        &self.doc.actions
+    }
+
+    /// Action for a state.
+    pub fn action_for(&self, state: usize) -> usize {
+        self.doc
+            .table
+            .get(state)
+            .copied()
+            .unwrap_or(self.doc.default_action)
+    }
+
+    /// The default action.
+    pub fn default_action(&self) -> usize {
+        self.doc.default_action
+    }
+
+    /// Out-of-distribution threshold.
+    pub fn ood_log_likelihood(&self) -> Option<f64> {
+        self.doc.ood_log_likelihood
+    }
+
+    /// Decision interval, ms.
+    pub fn interval_ms(&self) -> u64 {
+        self.doc.interval_ms
+    }
+
+    /// The format version of the file.
+    pub fn format_version(&self) -> u32 {
+        self.doc.version
+    }
+
+    /// Scaling advice for a state, if the policy has any.
+    pub fn scaling(&self, state: usize) -> Option<&'static str> {
+        self.doc
+            .scaling
+            .as_ref()
+            .and_then(|s| s.get(state))
+            .map(|s| s.as_str())
+    }
+
+    /// Provenance as JSON.
+    pub fn provenance_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.doc.provenance.clone())
+    }
+
+    /// Checks that an nginx upstream matches the policy's: the name is one of
+    /// the agent's upstreams and its primary peers are the same, in order.
+    /// Returns the upstream's index in the agent.
+    pub fn check_upstream(&self, name: &str, peers: &[&str]) -> Result<usize, PolicyError> {
+        let err = |path: String, problem: String| PolicyError {
+            source_name: self.source.clone(),
+            path,
+            problem,
+        };
+        let Some(u) = self.shape.upstreams.iter().position(|x| x.name == name) else {
+            return Err(err(
+                "agent.upstreams".into(),
+                format!("no upstream \"{name}\""),
+            ));
+        };
+        let want = &self.shape.upstreams[u].peers;
+        if want.len() != peers.len() || want.iter().zip(peers).any(|(a, b)| a != b) {
+            return Err(err(
+                format!("agent.upstreams[{u}].peers"),
+                format!(
+                    "the policy's peers [{}] do not match upstream \"{name}\"'s servers [{}]",
+                    want.join(", "),
+                    peers.join(", ")
+                ),
+            ));
+        }
+        Ok(u)
+    }
+}
