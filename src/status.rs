@@ -1,0 +1,208 @@
+//! `deep_sched_status`: a location handler serving every agent's counters
+//! and decision as JSON, or Prometheus text with `?format=prometheus`.
+
+use core::ffi::{c_char, c_void};
+use core::ptr;
+use core::sync::atomic::Ordering;
+
+use deep_sched_core::counters::percentile;
+use deep_sched_core::directive::{ChooseArg, ModeArg};
+use deep_sched_core::status::{
+    AgentStatus, PeerStatus, Percentiles, PolicyStatus, StatusDocument, UpstreamStatus,
+};
+use ngx::ffi::{
+    ngx_buf_t, ngx_chain_t, ngx_command_t, ngx_conf_t, ngx_create_temp_buf, ngx_current_msec,
+    ngx_http_arg, ngx_http_core_module, ngx_http_discard_request_body, ngx_http_output_filter,
+    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_str_t, ngx_timeofday, NGX_DECLINED,
+    NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
+    NGX_OK,
+};
+
+use crate::directive::MainConf;
+use crate::no_unwind;
+
+/// `deep_sched_status;` in a location.
+pub unsafe extern "C" fn deep_sched_status(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    no_unwind(ngx::core::NGX_CONF_ERROR, || {
+        // SAFETY: in a location block cf->ctx is an http conf ctx whose
+        // loc_conf array holds the core module's location conf.
+        unsafe {
+            let ctx = (*cf).ctx as *mut ngx::ffi::ngx_http_conf_ctx_t;
+            let clcf = *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index)
+                as *mut ngx::ffi::ngx_http_core_loc_conf_t;
+            (*clcf).handler = Some(status_handler);
+        }
+        ngx::core::NGX_CONF_OK
+    })
+}
+
+fn main_conf(r: *mut ngx_http_request_t) -> Option<&'static MainConf> {
+    // SAFETY: r is live; main_conf[ctx_index] is ours (created for every
+    // http block).
+    unsafe { (*(*r).main_conf.add(crate::module().ctx_index) as *const MainConf).as_ref() }
+}
+
+/// Builds the status document from the configuration and the zone.
+pub fn snapshot(main: &MainConf) -> StatusDocument {
+    let tp = ngx_timeofday();
+    let now_wall = (tp.sec as u64) * 1000 + tp.msec as u64;
+    // SAFETY: read of the event loop's clock.
+    let now_mono = unsafe { ngx_current_msec } as u64;
+    let mut agents = Vec::new();
+    let Some(view) = main.view() else {
+        return StatusDocument {
+            module: concat!("deep_sched/", env!("CARGO_PKG_VERSION")).into(),
+            now_msec: now_wall,
+            agents,
+        };
+    };
+    for a in &main.agents {
+        let slot = view.agent(a.index);
+        let published = slot.read(|| {});
+        let since = now_mono
+            .saturating_sub(slot.prev_decision_ms.load(Ordering::Relaxed))
+            .max(1) as f64
+            / 1000.0;
+        let upstreams = a
+            .upstreams
+            .iter()
+            .map(|u| UpstreamStatus {
+                name: u.name.clone(),
+                peers: u
+                    .peers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| {
+                        let s = view.peer(u.slot_base + i);
+                        let c = s.live.load(s.inflight());
+                        let prev = s.prev.requests.load(Ordering::Relaxed);
+                        PeerStatus {
+                            server: name.clone(),
+                            request_counter: c.requests,
+                            in_bytes: c.in_bytes,
+                            out_bytes: c.out_bytes,
+                            responses: c.responses.into(),
+                            failures: c.failures,
+                            request_msec_counter: c.response_msec,
+                            request_msec: c.response_msec.checked_div(c.requests).unwrap_or(0),
+                            request_msecs: Percentiles {
+                                p50: percentile(&c.latency_hist, 0.50),
+                                p95: percentile(&c.latency_hist, 0.95),
+                                p99: percentile(&c.latency_hist, 0.99),
+                            },
+                            inflight: c.inflight,
+                            rps: c.requests.saturating_sub(prev) as f64 / since,
+                            weight: s.weight.load(Ordering::Relaxed),
+                            configured_weight: u.configured_weights[i],
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        agents.push(AgentStatus {
+            name: a.key.clone(),
+            mode: match a.args.mode {
+                ModeArg::Observe => "observe",
+                ModeArg::Explore => "explore",
+                ModeArg::Policy(_) => "policy",
+            }
+            .into(),
+            choose: match a.args.choose {
+                ChooseArg::Wrr => "wrr",
+                ChooseArg::P2c => "p2c",
+            }
+            .into(),
+            interval_msec: a.interval_ms,
+            policy: a.policy.as_ref().map(|p| PolicyStatus {
+                file: a.policy_path.clone().unwrap_or_default(),
+                format_version: p.format_version(),
+                states: p.states(),
+                actions: p.actions().len(),
+                provenance: p.provenance_json(),
+            }),
+            decisions: published.epoch,
+            last_decision_msec: published.last_decision_wall_ms,
+            state: published.state,
+            action: published.action,
+            log_likelihood: published.log_likelihood,
+            ood: published.ood,
+            explored: published.explored,
+            scaling: match (&a.policy, published.state) {
+                (Some(p), Some(s)) => p.scaling(s).map(str::to_owned),
+                _ => None,
+            },
+            upstreams,
+        });
+    }
+    StatusDocument {
+        module: concat!("deep_sched/", env!("CARGO_PKG_VERSION")).into(),
+        now_msec: now_wall,
+        agents,
+    }
+}
+
+unsafe extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    no_unwind(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || {
+        // SAFETY: nginx calls content handlers with a live request.
+        unsafe { status_handler_inner(r) }
+    })
+}
+
+unsafe fn status_handler_inner(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: r is live for the whole handler.
+    unsafe {
+        if (*r).method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
+            return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
+        }
+        let rc = ngx_http_discard_request_body(r);
+        if rc != NGX_OK as ngx_int_t {
+            return rc;
+        }
+        let Some(main) = main_conf(r) else {
+            return NGX_DECLINED as ngx_int_t;
+        };
+        let mut value = ngx_str_t {
+            len: 0,
+            data: ptr::null_mut(),
+        };
+        let prometheus = ngx_http_arg(r, c"format".as_ptr() as *mut u8, 6, &mut value)
+            == NGX_OK as ngx_int_t
+            && value.as_bytes() == b"prometheus";
+        let doc = snapshot(main);
+        let (body, ctype): (String, &str) = if prometheus {
+            (doc.to_prometheus(), "text/plain; version=0.0.4")
+        } else {
+            (doc.to_json(), "application/json")
+        };
+
+        (*r).headers_out.status = 200;
+        (*r).headers_out.content_length_n = body.len() as i64;
+        (*r).headers_out.content_type_len = ctype.len();
+        (*r).headers_out.content_type = ngx_str_t {
+            len: ctype.len(),
+            data: ctype.as_ptr() as *mut u8,
+        };
+        (*r).headers_out.content_type_lowcase = ptr::null_mut();
+        let rc = ngx_http_send_header(r);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || (*r).header_only() != 0 {
+            return rc;
+        }
+        let b: *mut ngx_buf_t = ngx_create_temp_buf((*r).pool, body.len().max(1));
+        if b.is_null() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        ptr::copy_nonoverlapping(body.as_ptr(), (*b).last, body.len());
+        (*b).last = (*b).last.add(body.len());
+        (*b).set_last_buf(if (*r).main == r { 1 } else { 0 });
+        (*b).set_last_in_chain(1);
+        let mut out = ngx_chain_t {
+            buf: b,
+            next: ptr::null_mut(),
+        };
+        ngx_http_output_filter(r, &mut out)
+    }
+}
