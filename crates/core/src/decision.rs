@@ -84,7 +84,7 @@ impl Decider {
             _ => FeatureSet::default_for(&shape),
         };
         let (k, d) = match &mode {
-            Mode::Policy { policy, .. } => (policy.states(), policy.gmm().d),
+            Mode::Policy { policy, .. } => (policy.states(), policy.gmm().scratch_len()),
             _ => (0, features.len()),
         };
         Decider {

@@ -89,6 +89,27 @@ pub fn precision_cholesky_from_cov_cholesky(l: &[f64], d: usize) -> Vec<f64> {
     u
 }
 
+/// `Σ aᵢ·bᵢ` with four partial sums (a fixed association, so the result is
+/// the same on every machine, and the compiler can keep the sums in vector
+/// registers).
+#[inline]
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        acc[0] += x[0] * y[0];
+        acc[1] += x[1] * y[1];
+        acc[2] += x[2] * y[2];
+        acc[3] += x[3] * y[3];
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
 /// One Gaussian component, precomputed for scoring.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Component {
@@ -100,6 +121,9 @@ pub struct Component {
     pub prec_chol: Vec<f64>,
     /// `μᵀU` (full) or `μ/σ` (diag).
     mu_u: Vec<f64>,
+    /// Full only: the columns of `U` (rows of `Uᵀ`, lower triangle) packed
+    /// one after the other, so `(xᵀU)ⱼ` is one contiguous dot product.
+    ut_packed: Vec<f64>,
     /// `−½·D·ln 2π + ln det U`.
     log_norm: f64,
 }
@@ -113,6 +137,13 @@ pub struct Gmm {
     pub kind: CovarianceKind,
     /// Components (states), in order.
     pub components: Vec<Component>,
+    /// Full only: every component's `U` interleaved for scoring all
+    /// components at once: for row `i`, the values `Uₖ[i][j]` for `j ≥ i`
+    /// ordered `(j, k)`, so that row `i`'s update of `yₖ[j] += xᵢ·Uₖ[i][j]`
+    /// is one long contiguous multiply-add over `Y[j·K + k]`.
+    batched: Vec<f64>,
+    /// Full only: `−(μₖᵀUₖ)ⱼ` at `[j·K + k]`, the starting value of `Y`.
+    batched_neg_mu_u: Vec<f64>,
 }
 
 fn finite(xs: &[f64]) -> bool {
@@ -215,18 +246,44 @@ impl Gmm {
                     )
                 }
             };
+            let ut_packed = match kind {
+                CovarianceKind::Full => (0..d)
+                    .flat_map(|j| (0..=j).map(move |i| u[i * d + j]))
+                    .collect(),
+                CovarianceKind::Diag => Vec::new(),
+            };
             components.push(Component {
                 log_weight: w.ln(),
                 mean: mean.clone(),
                 prec_chol: u.clone(),
                 mu_u,
+                ut_packed,
                 log_norm: -0.5 * d as f64 * LN_2PI + log_det,
             });
+        }
+        let mut batched = Vec::new();
+        let mut batched_neg_mu_u = Vec::new();
+        if kind == CovarianceKind::Full {
+            for j in 0..d {
+                for c in &components {
+                    batched_neg_mu_u.push(-c.mu_u[j]);
+                }
+            }
+            batched.reserve(k * d * (d + 1) / 2);
+            for i in 0..d {
+                for j in i..d {
+                    for c in &components {
+                        batched.push(c.prec_chol[i * d + j]);
+                    }
+                }
+            }
         }
         Ok(Gmm {
             d,
             kind,
             components,
+            batched,
+            batched_neg_mu_u,
         })
     }
 
@@ -304,14 +361,11 @@ impl Gmm {
         let y = &mut scratch[..d];
         match self.kind {
             CovarianceKind::Full => {
-                y.iter_mut().zip(&c.mu_u).for_each(|(y, m)| *y = -m);
-                for i in 0..d {
-                    let xi = x[i];
-                    let row = &c.prec_chol[i * d + i..(i + 1) * d];
-                    // y[j] += x[i]·U[i][j] for j ≥ i: a contiguous axpy.
-                    for (yj, uij) in y[i..].iter_mut().zip(row) {
-                        *yj += xi * uij;
-                    }
+                let mut off = 0;
+                for (j, yj) in y.iter_mut().enumerate() {
+                    let col = &c.ut_packed[off..off + j + 1];
+                    off += j + 1;
+                    *yj = dot(col, &x[..=j]) - c.mu_u[j];
                 }
             }
             CovarianceKind::Diag => {
@@ -325,16 +379,58 @@ impl Gmm {
     }
 
     /// Weighted log densities `ln wₖ + ln N(x | k)` into `out` (K values)
-    /// and their log-sum-exp, the log-likelihood `ln p(x)`.
+    /// and their log-sum-exp, the log-likelihood `ln p(x)`. `scratch` needs
+    /// `K·D` values for a full mixture (`D` for diagonal); nothing is
+    /// allocated.
     pub fn weighted_log_densities(&self, x: &[f64], out: &mut [f64], scratch: &mut [f64]) -> f64 {
-        for (k, o) in out.iter_mut().enumerate().take(self.k()) {
-            *o = self.components[k].log_weight + self.log_density(k, x, scratch);
+        let (k, d) = (self.k(), self.d);
+        match self.kind {
+            CovarianceKind::Full => {
+                // Y[j·K + c] = (xᵀUc)ⱼ, built row by row of U with long
+                // contiguous multiply-adds (see `batched`).
+                let y = &mut scratch[..k * d];
+                y.copy_from_slice(&self.batched_neg_mu_u);
+                let mut off = 0;
+                for (i, xi) in x.iter().enumerate().take(d) {
+                    let len = (d - i) * k;
+                    let row = &self.batched[off..off + len];
+                    off += len;
+                    for (yv, w) in y[i * k..].iter_mut().zip(row) {
+                        *yv += xi * w;
+                    }
+                }
+                // ‖yₖ‖² for all k at once, walking Y contiguously.
+                let out = &mut out[..k];
+                out.fill(0.0);
+                for yj in y.chunks_exact(k) {
+                    for (o, v) in out.iter_mut().zip(yj) {
+                        *o += v * v;
+                    }
+                }
+                for (o, comp) in out.iter_mut().zip(&self.components) {
+                    *o = comp.log_weight + comp.log_norm - 0.5 * *o;
+                }
+            }
+            CovarianceKind::Diag => {
+                for (c, o) in out.iter_mut().enumerate().take(k) {
+                    *o = self.components[c].log_weight + self.log_density(c, x, scratch);
+                }
+            }
         }
-        log_sum_exp(&out[..self.k()])
+        log_sum_exp(&out[..k])
+    }
+
+    /// Scratch size [`Gmm::weighted_log_densities`] and
+    /// [`Gmm::classify_with`] need.
+    pub fn scratch_len(&self) -> usize {
+        match self.kind {
+            CovarianceKind::Full => self.k() * self.d,
+            CovarianceKind::Diag => self.d,
+        }
     }
 
     /// The most likely component and `ln p(x)`. `out` needs K values and
-    /// `scratch` D values; nothing is allocated.
+    /// `scratch` [`Gmm::scratch_len`] values; nothing is allocated.
     pub fn classify_with(&self, x: &[f64], out: &mut [f64], scratch: &mut [f64]) -> (usize, f64) {
         let ll = self.weighted_log_densities(x, out, scratch);
         let best = out[..self.k()]
@@ -354,7 +450,7 @@ impl Gmm {
     /// As [`Gmm::classify_with`], allocating its buffers.
     pub fn classify(&self, x: &[f64]) -> (usize, f64) {
         let mut out = vec![0.0; self.k()];
-        let mut scratch = vec![0.0; self.d];
+        let mut scratch = vec![0.0; self.scratch_len()];
         self.classify_with(x, &mut out, &mut scratch)
     }
 }
@@ -417,6 +513,29 @@ mod tests {
         let got = g.log_density(0, &x, &mut s);
         let want = naive_log_density(&x, &mean, &cov, d);
         assert!((got - want).abs() < 1e-10, "{got} vs {want}");
+    }
+
+    #[test]
+    fn batched_scores_equal_per_component_densities() {
+        let d = 3;
+        let covs = vec![
+            vec![2.0, 0.3, 0.1, 0.3, 1.0, -0.2, 0.1, -0.2, 0.5],
+            vec![1.0, 0.0, 0.2, 0.0, 1.5, 0.1, 0.2, 0.1, 0.8],
+        ];
+        let means = vec![vec![1.0, -1.0, 0.5], vec![0.0, 2.0, -1.0]];
+        let g = Gmm::from_covariances(CovarianceKind::Full, &[0.4, 0.6], &means, &covs).unwrap();
+        let x = [0.3, 0.2, -0.4];
+        let mut out = [0.0; 2];
+        let mut scratch = vec![0.0; g.scratch_len()];
+        let ll = g.weighted_log_densities(&x, &mut out, &mut scratch);
+        let mut s = [0.0; 3];
+        for c in 0..2 {
+            let want = g.components[c].log_weight + g.log_density(c, &x, &mut s);
+            assert!((out[c] - want).abs() < 1e-10, "{} vs {want}", out[c]);
+            let naive = [0.4f64, 0.6][c].ln() + naive_log_density(&x, &means[c], &covs[c], d);
+            assert!((out[c] - naive).abs() < 1e-9);
+        }
+        assert!((ll - log_sum_exp(&out)).abs() < 1e-12);
     }
 
     #[test]

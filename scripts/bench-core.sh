@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# criterion benchmarks of the core's hot paths; writes the "core" section of
+# BENCHMARKS.md (median and 95% interval of each estimate).
+#   scripts/bench-core.sh [MEASUREMENT_SECONDS=5]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+cargo bench -p deep-sched-core --bench core -- --warm-up-time 2 --measurement-time "$secs" >/dev/null
+row() { # $1 = criterion id (dir under target/criterion), $2 = label, $3 = target
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+cid, label, target = sys.argv[1:4]
+e = json.load(open(f"target/criterion/{cid}/new/estimates.json"))["median"]
+def fmt(ns):
+    return f"{ns/1000:.2f} µs" if ns >= 1000 else f"{ns:.1f} ns"
+print(f"| {label} | {fmt(e['point_estimate'])} | {fmt(e['confidence_interval']['lower_bound'])} – {fmt(e['confidence_interval']['upper_bound'])} | {target} |")
+PY
+}
+section=$(cat <<MD
+## core
+
+Command: \`scripts/bench-core.sh $secs\` ($(date -u +%Y-%m-%d), $(nproc) cores, shared machine; default
+x86-64 target, no \`target-cpu=native\`). criterion median and its 95% interval.
+
+| what | median | 95% interval | target |
+| --- | ---: | ---: | --- |
+$(row choose/swrr_3_peers "one smooth-WRR pick, 3 peers" "≤ 50 ns")
+$(row choose/p2c_3_peers "one p2c pick, 3 peers" "≤ 50 ns")
+$(row choose/latency_bucket "latency histogram bucket (per request)" "")
+$(row classify_k27_d27_full "one state classification, K=27, D=27, full covariance" "≤ 2 µs")
+$(row policy_load_k27_d27_full "parse + validate a 27-state, 27-feature full policy" "")
+
+In the module the per-request path is: one atomic load of the agent's decision
+epoch, nginx's own round robin (or the p2c pick above), and relaxed atomic adds
+in \`free_peer\`; classification runs once per interval in one worker.
+MD
+)
+scripts/bench-section.sh "core" "$section"
+echo "$section"
