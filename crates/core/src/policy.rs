@@ -52,13 +52,39 @@ pub enum CovarianceType {
 }
 
 /// A matrix per component (full) or a vector per component (diag).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum PerComponent {
     /// `[K][D][D]`.
     Matrices(Vec<Vec<Vec<f64>>>),
     /// `[K][D]`.
     Vectors(Vec<Vec<f64>>),
+}
+
+impl<'de> Deserialize<'de> for PerComponent {
+    /// Decides by nesting depth, so a malformed entry gets an error that
+    /// says which shapes are accepted.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        let depth3 = v
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|x| x.as_array())
+            .and_then(|a| a.first())
+            .is_some_and(|x| x.is_array());
+        let shape = if depth3 {
+            "[K][D][D] numbers (full covariance)"
+        } else {
+            "[K][D] numbers (diag covariance)"
+        };
+        let out = if depth3 {
+            serde_json::from_value(v).map(PerComponent::Matrices)
+        } else {
+            serde_json::from_value(v).map(PerComponent::Vectors)
+        };
+        out.map_err(|e| D::Error::custom(format!("expected {shape}: {e}")))
+    }
 }
 
 /// The GMM section.
@@ -524,6 +550,14 @@ fn parse_error(
 impl Policy {
     /// Parses and validates a policy from JSON text.
     pub fn from_json_str(text: &str, source_name: &str) -> Result<Policy, PolicyError> {
+        let first = text.trim_start().chars().next();
+        if first.is_some() && first != Some('{') {
+            return Err(PolicyError {
+                source_name: source_name.to_owned(),
+                path: "$".into(),
+                problem: "expected a JSON object (the policy document)".into(),
+            });
+        }
         let de = &mut serde_json::Deserializer::from_str(text);
         let doc: PolicyDocument =
             serde_path_to_error::deserialize(de).map_err(|e| parse_error(source_name, text, e))?;
