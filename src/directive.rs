@@ -449,7 +449,8 @@ unsafe fn postconfiguration_inner(cf: *mut ngx_conf_t) -> ngx_int_t {
                 ngx_conf_log_error!(
                     NGX_LOG_EMERG,
                     cf,
-                    "upstream \"{}\" with deep_sched was never initialised",
+                    "upstream \"{}\": deep_sched was replaced by another load balancing method \
+                     (least_conn, hash, ip_hash, random) declared after it; use one of them",
                     up.name
                 );
                 return ngx::ffi::NGX_ERROR as ngx_int_t;

@@ -559,6 +559,11 @@ fn bad_directives_fail_nginx_t() {
         ("deep_sched explore weights=0;", "weights=0"),
         ("deep_sched; deep_sched;", "duplicate"),
         ("keepalive 8; deep_sched;", "before \"keepalive\""),
+        (
+            "deep_sched; least_conn;",
+            "replaced by another load balancing method",
+        ),
+        ("least_conn; deep_sched;", "another load balancing method"),
     ];
     for (directive, needle) in cases {
         let conf = full_config(
