@@ -722,3 +722,58 @@ fn variables_and_prometheus() {
         .sum();
     assert_eq!(total, 6, "{}", r.body);
 }
+
+/// Upstreams sharing a `log=` form one agent: one decision covers all of
+/// them (the research's three request types over the same servers).
+#[test]
+fn upstreams_sharing_a_log_form_one_agent() {
+    let b = backends(3, 8, 1.0);
+    let servers = server_lines(&b, &["", "", ""]);
+    let ds = "        deep_sched explore interval=300ms log=logs/social.jsonl;\n";
+    let http = format!(
+        "    upstream compose {{\n{servers}{ds}    }}\n\
+             upstream home {{\n{servers}{ds}    }}\n\
+             upstream user {{\n{servers}{ds}    }}\n{}",
+        proxy_server(
+            "        location /wrk2-api/post/compose { proxy_pass http://compose; }\n\
+                     location /wrk2-api/home-timeline/read { proxy_pass http://home; }\n\
+                     location /wrk2-api/user-timeline/read { proxy_pass http://user; }"
+        )
+    );
+    let nginx = Nginx::start(&full_config(&http, 2));
+    let load = Load::start(nginx.port, 2, "/wrk2-api/user-timeline/read");
+    let lines = wait_for(Duration::from_secs(8), || {
+        let l = nginx.lines("logs/social.jsonl");
+        (l.len() >= 4).then_some(l)
+    })
+    .expect("decisions logged");
+    load.stop();
+    let st = nginx.status();
+    assert_eq!(st["agents"].as_array().unwrap().len(), 1, "one agent");
+    let names: Vec<&str> = st["agents"][0]["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["compose", "home", "user"]);
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["upstreams"].as_array().unwrap().len(), 3, "{l}");
+        assert_eq!(v["weights"].as_array().unwrap().len(), 3, "{l}");
+        // 3 upstream rps + 3 x 3 peers x 3 metrics.
+        assert_eq!(v["features"].as_array().unwrap().len(), 3 + 27, "{l}");
+    }
+    // Only the user-timeline upstream saw traffic.
+    let last: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let reqs = |u: usize| -> u64 {
+        last["upstreams"][u]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["requests"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(reqs(0) + reqs(1), 0);
+    assert!(reqs(2) > 0);
+}
