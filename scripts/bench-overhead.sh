@@ -56,30 +56,46 @@ http {
 CONF
 }
 
-run() { # $1 = label, $2 = balancer line; prints requests/s
-    conf "$2" > "$work/nginx.conf"
+cpu_ticks() { # utime + stime of a process, in clock ticks
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+run() { # $1 = balancer line; prints "requests/s cpu-µs-per-request"
+    conf "$1" > "$work/nginx.conf"
     build/sbin/nginx -p "$work" -c "$work/nginx.conf" &
     pid=$!
     for _ in $(seq 50); do curl -fs -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
     wrk -t1 -c32 -d1s http://127.0.0.1:18080/ >/dev/null   # warm up
-    local rps
-    rps=$(wrk -t1 -c32 -d"${secs}s" http://127.0.0.1:18080/ | awk '/Requests\/sec/ {print $2}')
+    local worker out t0 t1 hz
+    worker=$(pgrep -P "$pid" | head -n 1)
+    hz=$(getconf CLK_TCK)
+    t0=$(cpu_ticks "$worker")
+    out=$(wrk -t1 -c32 -d"${secs}s" http://127.0.0.1:18080/)
+    t1=$(cpu_ticks "$worker")
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-    echo "$rps"
+    awk -v t0="$t0" -v t1="$t1" -v hz="$hz" '
+        /requests in/ {n = $1}
+        /Requests\/sec/ {rps = $2}
+        END {printf "%s %.3f\n", rps, (t1 - t0) / hz * 1e6 / n}' <<<"$out"
 }
 
-rr=(); ds=()
+rr=(); ds=(); rr_cpu=(); ds_cpu=()
 for i in $(seq "$rounds"); do
-    rr+=("$(run rr '')")
-    ds+=("$(run deep_sched "deep_sched $work/policy.json interval=1s;")")
-    echo "round $i: round robin ${rr[-1]} req/s, deep_sched ${ds[-1]} req/s" >&2
+    read -r r c <<<"$(run '')"; rr+=("$r"); rr_cpu+=("$c")
+    read -r r c <<<"$(run "deep_sched $work/policy.json interval=1s;")"; ds+=("$r"); ds_cpu+=("$c")
+    echo "round $i: round robin ${rr[-1]} req/s ${rr_cpu[-1]} us/req, deep_sched ${ds[-1]} req/s ${ds_cpu[-1]} us/req" >&2
 done
 
 stats() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.0f %.0f %.0f", m, a[1], a[NR]}'; }
 read -r rr_med rr_min rr_max <<<"$(stats "${rr[@]}")"
 read -r ds_med ds_min ds_max <<<"$(stats "${ds[@]}")"
 ratios=(); for i in "${!rr[@]}"; do ratios+=("$(awk -v a="${ds[$i]}" -v b="${rr[$i]}" 'BEGIN{printf "%.4f", a/b}')"); done
-read -r q_med q_min q_max <<<"$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f %.3f %.3f", m, a[1], a[NR]}')"
+med3() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f %.3f %.3f", m, a[1], a[NR]}'; }
+read -r q_med q_min q_max <<<"$(med3 "${ratios[@]}")"
+read -r rc_med rc_min rc_max <<<"$(med3 "${rr_cpu[@]}")"
+read -r dc_med dc_min dc_max <<<"$(med3 "${ds_cpu[@]}")"
+cratios=(); for i in "${!rr_cpu[@]}"; do cratios+=("$(awk -v a="${ds_cpu[$i]}" -v b="${rr_cpu[$i]}" 'BEGIN{printf "%.4f", a/b}')"); done
+read -r c_med c_min c_max <<<"$(med3 "${cratios[@]}")"
 
 section=$(cat <<MD
 ## module overhead
@@ -89,12 +105,14 @@ One nginx worker proxies to three \`return 200\` servers over keepalive; wrk
 \`-t1 -c32\` for ${secs} s per run; round robin and \`deep_sched POLICY interval=1s\`
 interleaved, $rounds rounds.
 
-| balancer | median req/s | min | max |
-| --- | ---: | ---: | ---: |
-| round robin | $rr_med | $rr_min | $rr_max |
-| deep_sched (policy, wrr) | $ds_med | $ds_min | $ds_max |
+| balancer | median req/s | min | max | nginx worker CPU µs/request (median, min–max) |
+| --- | ---: | ---: | ---: | ---: |
+| round robin | $rr_med | $rr_min | $rr_max | $rc_med ($rc_min–$rc_max) |
+| deep_sched (policy, wrr) | $ds_med | $ds_min | $ds_max | $dc_med ($dc_min–$dc_max) |
 
-Per-round ratio deep_sched / round robin: median **$q_med** (min $q_min, max $q_max); target ≥ 0.97.
+Per-round ratio deep_sched / round robin of requests/s: median **$q_med** (min $q_min, max $q_max); target ≥ 0.97.
+Per-round ratio of worker CPU per request (less sensitive to the other tenants of
+the machine): median **$c_med** (min $c_min, max $c_max); ≤ 1.03 is the same target.
 MD
 )
 scripts/bench-section.sh "module overhead" "$section"
