@@ -139,9 +139,9 @@ impl Scenario {
             },
             Scenario {
                 id: "S3",
-                title: "noisy neighbour: peer 3 five times slower 5 s of every 15 s, 70% load",
+                title: "noisy neighbour: peer 3 five times slower 5 s of every 15 s, 55% load",
                 backends: noisy,
-                workload: Workload::Rate { load: 0.7 },
+                workload: Workload::Rate { load: 0.55 },
                 layout: Layout::Single,
                 event: None,
             },
@@ -160,7 +160,7 @@ impl Scenario {
                 backends: backends(&[8, 8, 8], ServiceTimes::default()),
                 workload: Workload::GenLoad {
                     time_scale: 0.05,
-                    rate_scale: 0.25,
+                    rate_scale: 0.33,
                 },
                 layout: Layout::PerType,
                 event: None,
@@ -177,6 +177,17 @@ impl Scenario {
                 event: None,
             },
         ]
+    }
+
+    /// Fixed backend ports of the scenario: `19100 + 10·k + i` for `Sk`'s
+    /// backend `i` (S1: 19110-19112, ..., S6: 19160-19162). They must stay
+    /// the same across the runs of a scenario because a learned policy names
+    /// its peers by address.
+    pub fn peer_ports(&self) -> Vec<u16> {
+        let k: u16 = self.id[1..].parse().unwrap_or(9);
+        (0..self.backends.len() as u16)
+            .map(|i| 19100 + 10 * k + i)
+            .collect()
     }
 
     /// The scenario called `id` (case-insensitive).
@@ -326,6 +337,16 @@ pub enum ExperimentError {
         /// What went wrong.
         reason: String,
     },
+    /// The exploration run left no samples where they were asked for.
+    #[error("exploration of {scenario}: nginx wrote no samples to {path} (files in that directory: {found})")]
+    NoSamples {
+        /// Scenario id.
+        scenario: String,
+        /// The `log=` path.
+        path: PathBuf,
+        /// What is there instead.
+        found: String,
+    },
     /// File trouble.
     #[error("{path}: {source}")]
     Io {
@@ -374,13 +395,15 @@ impl RunResult {
     }
 }
 
-/// Runs one balancer once.
+/// Runs one balancer once, its backends on `ports` (one per backend; empty:
+/// any free ports).
 pub fn run_once(
     scenario: &Scenario,
     settings: &Settings,
     balancer: &Balancer,
     rep: usize,
     duration: Duration,
+    ports: &[u16],
 ) -> Result<RunResult, ExperimentError> {
     let seed = settings.seed.wrapping_add(1000 * rep as u64);
     let handles = scenario
@@ -390,6 +413,10 @@ pub fn run_once(
         .map(|(i, b)| {
             backend::spawn(BackendConfig {
                 name: format!("b{}", i + 1),
+                listen: std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    ports.get(i).copied().unwrap_or(0),
+                )),
                 workers: b.workers,
                 service: b.service,
                 slow: b.slow,
@@ -472,23 +499,59 @@ pub fn builtin_balancers() -> Vec<Balancer> {
     ]
 }
 
-/// Exploration run (`deep_sched explore`) and `deep-sched learn` on its
-/// samples; returns the policy path. The learner's output goes to
-/// `RESULTS/SCENARIO/learn.txt`.
+/// Decision interval of the exploration runs, ms.
+pub const EXPLORE_INTERVAL_MS: u64 = 1000;
+
+/// Exploration run (`deep_sched explore`) of `settings.explore`; returns
+/// the sample log (`WORK/SCENARIO/explore.samples.jsonl`) and the run.
+pub fn explore(
+    scenario: &Scenario,
+    settings: &Settings,
+) -> Result<(PathBuf, RunResult), ExperimentError> {
+    let dir = log_dir(scenario, settings)?;
+    let samples = dir.join("explore.samples.jsonl");
+    let _ = std::fs::remove_file(&samples);
+    let balancer = Balancer::DeepSchedExplore {
+        log: samples.clone(),
+        interval_ms: EXPLORE_INTERVAL_MS,
+    };
+    eprintln!("{}: exploring for {:?} ...", scenario.id, settings.explore);
+    // its own arrival seed, unlike any evaluation repetition
+    let run = run_once(
+        scenario,
+        settings,
+        &balancer,
+        9999,
+        settings.explore,
+        &scenario.peer_ports(),
+    )?;
+    if std::fs::metadata(&samples).map_or(true, |m| m.len() == 0) {
+        let found = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| format!("{:?}", e.file_name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        return Err(ExperimentError::NoSamples {
+            scenario: scenario.id.to_string(),
+            path: samples,
+            found,
+        });
+    }
+    Ok((samples, run))
+}
+
+/// Exploration run and `deep-sched learn` on its samples; returns the
+/// policy path. The learner's output goes to `RESULTS/SCENARIO/learn.txt`.
 pub fn explore_and_learn(
     scenario: &Scenario,
     settings: &Settings,
     learner: &Path,
 ) -> Result<PathBuf, ExperimentError> {
     let dir = log_dir(scenario, settings)?;
-    let samples = dir.join("explore.samples.jsonl");
-    let _ = std::fs::remove_file(&samples);
-    let explore = Balancer::DeepSchedExplore {
-        log: samples.clone(),
-        interval_ms: 1000,
-    };
-    eprintln!("{}: exploring for {:?} ...", scenario.id, settings.explore);
-    run_once(scenario, settings, &explore, 99, settings.explore)?;
+    let (samples, _) = explore(scenario, settings)?;
     let policy = dir.join("policy.json");
     let mut cmd = Command::new(learner);
     cmd.arg("learn")
@@ -579,7 +642,14 @@ pub fn run_scenario(
                 b.name(),
                 settings.duration
             );
-            let r = run_once(scenario, settings, &b, rep, settings.duration)?;
+            let r = run_once(
+                scenario,
+                settings,
+                &b,
+                rep,
+                settings.duration,
+                &scenario.peer_ports(),
+            )?;
             eprintln!(
                 "{}:   p99 {:.1} ms (floor {:.1}), {:.0} req/s, {} errors",
                 scenario.id,
@@ -849,6 +919,7 @@ mod tests {
         assert!((rate - 0.7 * 2400.0).abs() < 1e-6);
         let s5 = Scenario::by_id("S5").unwrap();
         assert_eq!(s5.upstreams(&[]).len(), 3);
+        assert_eq!(s5.peer_ports(), vec![19150, 19151, 19152]);
         let s6 = Scenario::by_id("S6").unwrap();
         let plan = s6.plan(Duration::from_secs(48), 1);
         assert_eq!(plan.streams[0].phases.len(), 24);

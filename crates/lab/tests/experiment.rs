@@ -85,7 +85,15 @@ fn round_robin_through_nginx_spreads_evenly_and_measures_the_floor() {
         return;
     };
     let s1 = Scenario::by_id("S1").unwrap();
-    let r = run_once(&s1, &settings, &Balancer::RoundRobin, 0, settings.duration).unwrap();
+    let r = run_once(
+        &s1,
+        &settings,
+        &Balancer::RoundRobin,
+        0,
+        settings.duration,
+        &[],
+    )
+    .unwrap();
     assert_eq!(r.load.total.errors.total(), 0, "{:?}", r.load.total.errors);
     let asked = 0.7 * s1.capacity_rps();
     assert!(
@@ -107,7 +115,15 @@ fn a_dead_peer_stops_getting_traffic_and_nginx_retries_elsewhere() {
         return;
     };
     let s4 = Scenario::by_id("S4").unwrap();
-    let r = run_once(&s4, &settings, &Balancer::LeastConn, 0, settings.duration).unwrap();
+    let r = run_once(
+        &s4,
+        &settings,
+        &Balancer::LeastConn,
+        0,
+        settings.duration,
+        &[],
+    )
+    .unwrap();
     let b3 = r.shares()["b3"];
     // b3 dies at 40 % of the run: it gets well under a third overall
     assert!(b3 < 0.25, "b3 share {b3}");

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use deep_sched_lab::experiment::{
-    builtin_balancers, default_work_dir, distribution, run_scenario, Scenario, Settings,
+    builtin_balancers, default_work_dir, distribution, explore, run_scenario, Scenario, Settings,
 };
 use deep_sched_lab::report::{
     benchmarks_section, write_distribution_report, write_scenario_report,
@@ -81,6 +81,23 @@ enum Cmd {
         /// random_two_least_conn, hash_consistent, deep_sched).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+    /// Only the exploration run of a scenario (`deep_sched explore`):
+    /// writes its sample log, for the learner.
+    Explore {
+        /// Scenario id.
+        scenario: String,
+        #[command(flatten)]
+        common: Common,
+        /// deep_sched module (.so).
+        #[arg(long, default_value = "build/modules/ngx_http_deep_sched_module.so")]
+        module: PathBuf,
+        /// Length of the run.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+        duration: Duration,
+        /// Where to copy the sample log.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Print the `## lab` section of BENCHMARKS.md from results/S*/summary.json.
     Benchmarks {
@@ -226,6 +243,40 @@ fn main() -> anyhow::Result<()> {
             }
             cleanup(&common, &settings);
             outcome?;
+        }
+        Cmd::Explore {
+            scenario,
+            common,
+            module,
+            duration,
+            out,
+        } => {
+            let s = Scenario::by_id(&scenario)
+                .with_context(|| format!("scenario `{scenario}`: expected one of S1..S6"))?;
+            anyhow::ensure!(
+                module.is_file(),
+                "--module {}: no such file",
+                module.display()
+            );
+            let settings = Settings {
+                module: Some(std::fs::canonicalize(&module)?),
+                explore: duration,
+                ..settings(&common)?
+            };
+            let outcome = explore(&s, &settings)
+                .map(|(log, run)| (std::fs::copy(log, &out), run.load.total.clone()));
+            cleanup(&common, &settings);
+            let (copied, total) = outcome?;
+            copied.with_context(|| format!("copying the sample log to {}", out.display()))?;
+            let lines = std::fs::read_to_string(&out)?.lines().count();
+            println!(
+                "{}: {lines} samples in {} ({:.0} req/s, p99 {:.1} ms, {} failed)",
+                s.id,
+                out.display(),
+                total.rps,
+                total.latency.p99_ms,
+                total.errors.total()
+            );
         }
         Cmd::Benchmarks { results, command } => {
             print!("{}", benchmarks_section(&results, &command)?);
