@@ -104,8 +104,13 @@ fn round_robin_through_nginx_spreads_evenly_and_measures_the_floor() {
     for (peer, share) in r.shares() {
         assert!((share - 1.0 / 3.0).abs() < 0.02, "{peer}: {share}");
     }
-    // exponential 10 ms: p99 of the service alone is 10 ln 100 ≈ 46 ms
-    assert!((r.floor.p99_ms / 46.05 - 1.0).abs() < 0.2, "{:?}", r.floor);
+    // exponential 10 ms: p99 of the service alone is 10 ln 100 ≈ 46 ms (a
+    // timer never fires early; a busy machine may make it fire late)
+    assert!(
+        r.floor.p99_ms > 46.05 * 0.8 && r.floor.p99_ms < 46.05 * 1.5,
+        "{:?}",
+        r.floor
+    );
     assert!(r.load.total.latency.p99_ms >= r.floor.p99_ms * 0.9);
 }
 
