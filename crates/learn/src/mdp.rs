@@ -1,0 +1,484 @@
+//! The estimated decision process and its solvers.
+//!
+//! From consecutive decisions `(sₜ, aₜ, rₜ₊₁, sₜ₊₁)`:
+//! `P̂(s'|s,a) = (n(s,a,s') + α) / (n(s,a) + α·S)` (Laplace/Dirichlet
+//! smoothing) and `R̂(s,a)` = mean reward after taking `a` in `s`.
+//! Pairs never seen are not trusted: an action is *allowed* in a state only
+//! if it was taken there at least `min_visits` times; a state with no
+//! allowed action gets the pessimistic value `min R̂ / (1 − γ)` and the
+//! policy's default action.
+//!
+//! Solvers: value iteration `V ← maxₐ R + γ P V` (Bellman 1957), policy
+//! iteration (Howard 1960; exact evaluation by solving `(I − γPπ)V = Rπ`),
+//! offline Q-learning over the logged transitions (Watkins 1989), and a
+//! LinUCB contextual bandit (Li et al. 2010) — one ridge regression per arm.
+
+/// A finite MDP estimated from data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mdp {
+    pub states: usize,
+    pub actions: usize,
+    /// `p[(s·A + a)·S + s']`.
+    pub p: Vec<f64>,
+    /// `r[s·A + a]`.
+    pub r: Vec<f64>,
+    /// Visits `n[s·A + a]`.
+    pub n: Vec<u64>,
+    /// `allowed[s·A + a]`.
+    pub allowed: Vec<bool>,
+}
+
+/// One logged transition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transition {
+    pub s: usize,
+    pub a: usize,
+    pub r: f64,
+    pub s2: usize,
+}
+
+impl Mdp {
+    /// Estimates the MDP from transitions.
+    pub fn estimate(states: usize, actions: usize, data: &[Transition], alpha: f64, min_visits: u64) -> Mdp {
+        let (sn, an) = (states, actions);
+        let mut counts = vec![0.0; sn * an * sn];
+        let mut n = vec![0u64; sn * an];
+        let mut rsum = vec![0.0; sn * an];
+        for t in data {
+            counts[(t.s * an + t.a) * sn + t.s2] += 1.0;
+            n[t.s * an + t.a] += 1;
+            rsum[t.s * an + t.a] += t.r;
+        }
+        let mut p = vec![0.0; sn * an * sn];
+        for sa in 0..sn * an {
+            let denom = n[sa] as f64 + alpha * sn as f64;
+            for s2 in 0..sn {
+                p[sa * sn + s2] = if denom > 0.0 {
+                    (counts[sa * sn + s2] + alpha) / denom
+                } else {
+                    1.0 / sn as f64
+                };
+            }
+        }
+        let r: Vec<f64> = (0..sn * an)
+            .map(|sa| if n[sa] > 0 { rsum[sa] / n[sa] as f64 } else { 0.0 })
+            .collect();
+        let allowed = n.iter().map(|&c| c >= min_visits.max(1)).collect();
+        Mdp {
+            states,
+            actions,
+            p,
+            r,
+            n,
+            allowed,
+        }
+    }
+
+    /// The pessimistic value of a state without allowed actions.
+    fn floor(&self, gamma: f64) -> f64 {
+        let min = self
+            .r
+            .iter()
+            .zip(&self.allowed)
+            .filter(|(_, a)| **a)
+            .map(|(r, _)| *r)
+            .fold(f64::INFINITY, f64::min);
+        if min.is_finite() {
+            min / (1.0 - gamma)
+        } else {
+            0.0
+        }
+    }
+
+    fn q(&self, s: usize, a: usize, v: &[f64], gamma: f64) -> f64 {
+        let sa = s * self.actions + a;
+        let row = &self.p[sa * self.states..(sa + 1) * self.states];
+        self.r[sa] + gamma * row.iter().zip(v).map(|(p, v)| p * v).sum::<f64>()
+    }
+
+    /// The best allowed action in every state under `v` (`None`: none allowed).
+    pub fn greedy(&self, v: &[f64], gamma: f64) -> Vec<Option<usize>> {
+        (0..self.states)
+            .map(|s| {
+                (0..self.actions)
+                    .filter(|&a| self.allowed[s * self.actions + a])
+                    .map(|a| (a, self.q(s, a, v, gamma)))
+                    .fold(None, |best: Option<(usize, f64)>, (a, q)| match best {
+                        Some((_, bq)) if bq >= q => best,
+                        _ => Some((a, q)),
+                    })
+                    .map(|(a, _)| a)
+            })
+            .collect()
+    }
+
+    /// Value iteration to `‖ΔV‖∞ < tol`.
+    pub fn value_iteration(&self, gamma: f64, tol: f64, max_iter: usize) -> (Vec<Option<usize>>, Vec<f64>) {
+        let floor = self.floor(gamma);
+        let mut v = vec![0.0; self.states];
+        for _ in 0..max_iter {
+            let mut delta: f64 = 0.0;
+            let next: Vec<f64> = (0..self.states)
+                .map(|s| {
+                    (0..self.actions)
+                        .filter(|&a| self.allowed[s * self.actions + a])
+                        .map(|a| self.q(s, a, &v, gamma))
+                        .fold(f64::NEG_INFINITY, f64::max)
+                })
+                .map(|x| if x.is_finite() { x } else { floor })
+                .collect();
+            for (a, b) in next.iter().zip(&v) {
+                delta = delta.max((a - b).abs());
+            }
+            v = next;
+            if delta < tol {
+                break;
+            }
+        }
+        (self.greedy(&v, gamma), v)
+    }
+
+    /// Exact value of a policy: solves `(I − γPπ)V = Rπ`.
+    pub fn evaluate(&self, policy: &[Option<usize>], gamma: f64) -> Vec<f64> {
+        let n = self.states;
+        let floor = self.floor(gamma);
+        let mut m = vec![0.0; n * n];
+        let mut b = vec![0.0; n];
+        for s in 0..n {
+            m[s * n + s] = 1.0;
+            match policy[s] {
+                Some(a) => {
+                    let sa = s * self.actions + a;
+                    for s2 in 0..n {
+                        m[s * n + s2] -= gamma * self.p[sa * n + s2];
+                    }
+                    b[s] = self.r[sa];
+                }
+                None => b[s] = floor,
+            }
+        }
+        solve(&mut m, &mut b, n);
+        b
+    }
+
+    /// The uniform policy's value: each allowed action with equal chance.
+    pub fn evaluate_uniform(&self, gamma: f64) -> Vec<f64> {
+        let n = self.states;
+        let floor = self.floor(gamma);
+        let mut m = vec![0.0; n * n];
+        let mut b = vec![0.0; n];
+        for s in 0..n {
+            m[s * n + s] = 1.0;
+            let acts: Vec<usize> = (0..self.actions).filter(|&a| self.allowed[s * self.actions + a]).collect();
+            if acts.is_empty() {
+                b[s] = floor;
+                continue;
+            }
+            let w = 1.0 / acts.len() as f64;
+            for a in acts {
+                let sa = s * self.actions + a;
+                for s2 in 0..n {
+                    m[s * n + s2] -= gamma * w * self.p[sa * n + s2];
+                }
+                b[s] += w * self.r[sa];
+            }
+        }
+        solve(&mut m, &mut b, n);
+        b
+    }
+
+    /// Policy iteration from the first allowed action everywhere.
+    pub fn policy_iteration(&self, gamma: f64, max_iter: usize) -> (Vec<Option<usize>>, Vec<f64>) {
+        let mut pi: Vec<Option<usize>> = (0..self.states)
+            .map(|s| (0..self.actions).find(|&a| self.allowed[s * self.actions + a]))
+            .collect();
+        let mut v = self.evaluate(&pi, gamma);
+        for _ in 0..max_iter {
+            // Switch only on a strict improvement, so the loop ends.
+            let mut changed = false;
+            for s in 0..self.states {
+                let Some(cur) = pi[s] else { continue };
+                let qc = self.q(s, cur, &v, gamma);
+                for a in 0..self.actions {
+                    if self.allowed[s * self.actions + a] && self.q(s, a, &v, gamma) > qc + 1e-12 * (1.0 + qc.abs()) {
+                        pi[s] = Some(a);
+                        changed = true;
+                        break;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+            v = self.evaluate(&pi, gamma);
+        }
+        (pi, v)
+    }
+}
+
+/// Gaussian elimination with partial pivoting; the solution replaces `b`.
+fn solve(m: &mut [f64], b: &mut [f64], n: usize) {
+    for c in 0..n {
+        let piv = (c..n).max_by(|&i, &j| m[i * n + c].abs().total_cmp(&m[j * n + c].abs())).unwrap_or(c);
+        if piv != c {
+            for j in 0..n {
+                m.swap(c * n + j, piv * n + j);
+            }
+            b.swap(c, piv);
+        }
+        let d = m[c * n + c];
+        if d.abs() < 1e-300 {
+            continue;
+        }
+        for r in c + 1..n {
+            let f = m[r * n + c] / d;
+            if f != 0.0 {
+                for j in c..n {
+                    m[r * n + j] -= f * m[c * n + j];
+                }
+                b[r] -= f * b[c];
+            }
+        }
+    }
+    for c in (0..n).rev() {
+        let mut s = b[c];
+        for j in c + 1..n {
+            s -= m[c * n + j] * b[j];
+        }
+        b[c] = s / m[c * n + c];
+    }
+}
+
+/// Offline Q-learning: sweeps over the logged transitions with a decaying
+/// learning rate `αₜ = 1 / (1 + visits(s,a))^0.6`; only logged actions get
+/// values. Returns the greedy policy over actions seen in each state.
+pub fn q_learning(states: usize, actions: usize, data: &[Transition], gamma: f64, sweeps: usize) -> (Vec<Option<usize>>, Vec<f64>) {
+    let mut q = vec![0.0; states * actions];
+    let mut visits = vec![0u64; states * actions];
+    let mut seen = vec![false; states * actions];
+    for t in data {
+        seen[t.s * actions + t.a] = true;
+    }
+    let best = |q: &[f64], s: usize| -> f64 {
+        (0..actions)
+            .filter(|&a| seen[s * actions + a])
+            .map(|a| q[s * actions + a])
+            .fold(f64::NEG_INFINITY, f64::max)
+    };
+    for _ in 0..sweeps {
+        for t in data {
+            let sa = t.s * actions + t.a;
+            visits[sa] += 1;
+            let lr = 1.0 / (1.0 + visits[sa] as f64).powf(0.6);
+            let next = best(&q, t.s2);
+            let target = t.r + gamma * if next.is_finite() { next } else { 0.0 };
+            q[sa] += lr * (target - q[sa]);
+        }
+    }
+    let policy = (0..states)
+        .map(|s| {
+            (0..actions)
+                .filter(|&a| seen[s * actions + a])
+                .max_by(|&a, &b| q[s * actions + a].total_cmp(&q[s * actions + b]).then(b.cmp(&a)))
+        })
+        .collect();
+    (policy, q)
+}
+
+/// LinUCB: per arm a ridge regression `θₐ = Aₐ⁻¹ bₐ`, `Aₐ = I + Σ x xᵀ`,
+/// `bₐ = Σ r x`; the score of an arm in context `x` is
+/// `θₐᵀx + α·√(xᵀAₐ⁻¹x)`.
+#[derive(Debug, Clone)]
+pub struct LinUcb {
+    d: usize,
+    alpha: f64,
+    a: Vec<Vec<f64>>,
+    b: Vec<Vec<f64>>,
+}
+
+impl LinUcb {
+    pub fn new(arms: usize, d: usize, alpha: f64) -> LinUcb {
+        let mut eye = vec![0.0; d * d];
+        for i in 0..d {
+            eye[i * d + i] = 1.0;
+        }
+        LinUcb {
+            d,
+            alpha,
+            a: vec![eye; arms],
+            b: vec![vec![0.0; d]; arms],
+        }
+    }
+
+    /// Adds one observed (context, arm, reward).
+    pub fn update(&mut self, x: &[f64], arm: usize, r: f64) {
+        let d = self.d;
+        for i in 0..d {
+            for j in 0..d {
+                self.a[arm][i * d + j] += x[i] * x[j];
+            }
+            self.b[arm][i] += r * x[i];
+        }
+    }
+
+    /// `(θᵀx, xᵀA⁻¹x)` of an arm.
+    fn predict(&self, arm: usize, x: &[f64]) -> (f64, f64) {
+        let d = self.d;
+        let mut m = self.a[arm].clone();
+        let mut theta = self.b[arm].clone();
+        solve(&mut m, &mut theta, d);
+        let mut m = self.a[arm].clone();
+        let mut ainv_x = x.to_vec();
+        solve(&mut m, &mut ainv_x, d);
+        let mean = theta.iter().zip(x).map(|(t, v)| t * v).sum();
+        let var = ainv_x.iter().zip(x).map(|(a, v)| a * v).sum::<f64>().max(0.0);
+        (mean, var)
+    }
+
+    /// The arm with the highest upper confidence bound (ties: lowest index).
+    pub fn choose(&self, x: &[f64], arms: impl Iterator<Item = usize>) -> Option<usize> {
+        arms.map(|a| {
+            let (m, v) = self.predict(a, x);
+            (a, m + self.alpha * v.sqrt())
+        })
+        .fold(None, |best: Option<(usize, f64)>, (a, s)| match best {
+            Some((_, bs)) if bs >= s => best,
+            _ => Some((a, s)),
+        })
+        .map(|(a, _)| a)
+    }
+
+    /// The arm with the highest expected reward (for deployment).
+    pub fn best_mean(&self, x: &[f64], arms: impl Iterator<Item = usize>) -> Option<usize> {
+        arms.map(|a| (a, self.predict(a, x).0))
+            .fold(None, |best: Option<(usize, f64)>, (a, s)| match best {
+                Some((_, bs)) if bs >= s => best,
+                _ => Some((a, s)),
+            })
+            .map(|(a, _)| a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn random_mdp(rng: &mut ChaCha8Rng, s: usize, a: usize) -> Mdp {
+        let mut p = vec![0.0; s * a * s];
+        for sa in 0..s * a {
+            let row: Vec<f64> = (0..s).map(|_| rng.gen::<f64>() + 0.01).collect();
+            let sum: f64 = row.iter().sum();
+            for (j, x) in row.iter().enumerate() {
+                p[sa * s + j] = x / sum;
+            }
+        }
+        Mdp {
+            states: s,
+            actions: a,
+            p,
+            r: (0..s * a).map(|_| rng.gen_range(-10.0..10.0)).collect(),
+            n: vec![1; s * a],
+            allowed: vec![true; s * a],
+        }
+    }
+
+    /// Every deterministic policy, evaluated exactly.
+    fn brute_force(m: &Mdp, gamma: f64) -> Vec<f64> {
+        let mut best = vec![f64::NEG_INFINITY; m.states];
+        let total = m.actions.pow(m.states as u32);
+        for code in 0..total {
+            let mut c = code;
+            let pi: Vec<Option<usize>> = (0..m.states)
+                .map(|_| {
+                    let a = c % m.actions;
+                    c /= m.actions;
+                    Some(a)
+                })
+                .collect();
+            let v = m.evaluate(&pi, gamma);
+            for (b, x) in best.iter_mut().zip(v) {
+                *b = b.max(x);
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn value_and_policy_iteration_match_brute_force() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..20 {
+            let m = random_mdp(&mut rng, 4, 3);
+            let gamma = 0.9;
+            let best = brute_force(&m, gamma);
+            let (pv, _) = m.value_iteration(gamma, 1e-10, 10_000);
+            let (pp, vp) = m.policy_iteration(gamma, 100);
+            let vv = m.evaluate(&pv, gamma);
+            for s in 0..4 {
+                assert!((vv[s] - best[s]).abs() < 1e-6, "VI {vv:?} vs {best:?}");
+                assert!((vp[s] - best[s]).abs() < 1e-6, "PI {vp:?} vs {best:?}");
+            }
+            assert_eq!(m.evaluate(&pp, gamma), vp);
+        }
+    }
+
+    #[test]
+    fn q_learning_finds_the_optimal_policy_of_a_known_mdp() {
+        // Two states; action 1 in state 0 leads to state 1, where action 0
+        // pays 10 and stays. Everything else pays 0 and returns to state 0.
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut data = Vec::new();
+        let mut s = 0;
+        for _ in 0..4000 {
+            let a = rng.gen_range(0..2);
+            let (r, s2) = match (s, a) {
+                (0, 1) => (0.0, 1),
+                (1, 0) => (10.0, 1),
+                _ => (0.0, 0),
+            };
+            data.push(Transition { s, a, r, s2 });
+            s = s2;
+        }
+        let (pi, _) = q_learning(2, 2, &data, 0.9, 30);
+        assert_eq!(pi, vec![Some(1), Some(0)]);
+        let m = Mdp::estimate(2, 2, &data, 0.0, 1);
+        let (pv, _) = m.value_iteration(0.9, 1e-9, 10_000);
+        assert_eq!(pv, pi);
+    }
+
+    #[test]
+    fn unseen_actions_are_never_chosen() {
+        let data = vec![
+            Transition { s: 0, a: 0, r: -5.0, s2: 1 },
+            Transition { s: 1, a: 1, r: -1.0, s2: 0 },
+        ];
+        let m = Mdp::estimate(3, 2, &data, 1.0, 1);
+        let (pi, v) = m.value_iteration(0.9, 1e-9, 10_000);
+        assert_eq!(pi, vec![Some(0), Some(1), None]);
+        assert!(v[2] <= v[0] && v[2] <= v[1], "pessimistic value for the unseen state: {v:?}");
+    }
+
+    #[test]
+    fn linucb_finds_the_best_arm() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        // Arm a pays θa·x + noise; best arm depends on the context.
+        let theta = [[1.0, 0.0], [0.0, 1.0], [0.4, 0.4]];
+        let mut bandit = LinUcb::new(3, 2, 0.5);
+        let mut regret_late = 0.0;
+        for t in 0..3000 {
+            let x = [rng.gen::<f64>(), rng.gen::<f64>()];
+            let arm = bandit.choose(&x, 0..3).unwrap();
+            let pay = |a: usize| theta[a][0] * x[0] + theta[a][1] * x[1];
+            let r = pay(arm) + rng.gen_range(-0.1..0.1);
+            bandit.update(&x, arm, r);
+            if t >= 2000 {
+                let best = (0..3).map(pay).fold(f64::MIN, f64::max);
+                regret_late += best - pay(arm);
+            }
+        }
+        assert!(regret_late / 1000.0 < 0.03, "mean late regret {}", regret_late / 1000.0);
+        assert_eq!(bandit.best_mean(&[1.0, 0.0], 0..3), Some(0));
+        assert_eq!(bandit.best_mean(&[0.0, 1.0], 0..3), Some(1));
+    }
+}
