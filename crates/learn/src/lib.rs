@@ -1,8 +1,20 @@
-//! The deep_sched offline learner: reads the module's sample log (or
-//! nginx-module-vts snapshots), fits the GMM states, estimates the
-//! transition model `P(s' | s, a)` and the reward, solves for a policy and
-//! writes it in the format the module loads (`deep_sched_core::policy`).
+//! deep_sched's offline learner: sample logs (or nginx-module-vts
+//! snapshots) → standardised features → GMM states → transition model under
+//! each action → solved table → a policy file the nginx module loads.
+//!
+//! - [`reader`]: streamed, validated input records;
+//! - [`em`]: Gaussian mixture fitting (k-means++ + EM, BIC/AIC);
+//! - [`mdp`]: the estimated MDP and its solvers (value/policy iteration,
+//!   Q-learning, LinUCB);
+//! - [`reward`]: the reward expression;
+//! - [`learn`]: the pipeline;
+//! - [`synth`]: a synthetic sample log for tests and demos.
+//!
+//! The `deep-sched` binary is a thin shell over these.
 
 pub mod em;
+pub mod learn;
+pub mod mdp;
 pub mod reader;
 pub mod reward;
+pub mod synth;

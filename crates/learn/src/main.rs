@@ -1,1 +1,312 @@
-fn main() {}
+//! `deep-sched`: learn, inspect and synthesise deep_sched policies.
+
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use deep_sched_core::gmm::CovarianceKind;
+use deep_sched_core::policy::Policy;
+use deep_sched_learn::learn::{learn, Algorithm, LearnOptions, States};
+
+#[derive(Parser)]
+#[command(
+    name = "deep-sched",
+    version,
+    about = "Learn and inspect deep_sched policies"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Covariance {
+    Full,
+    Diag,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Algo {
+    ValueIteration,
+    PolicyIteration,
+    QLearning,
+    Bandit,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Learn a policy from sample logs (or vts snapshots with --vts).
+    Learn {
+        /// Sample log files (JSON Lines), read in order.
+        #[arg(long, required = true, num_args = 1..)]
+        samples: Vec<PathBuf>,
+        /// Where to write the policy.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of states, or "auto" (lowest BIC).
+        #[arg(long, default_value = "27")]
+        states: String,
+        #[arg(long, value_enum, default_value = "full")]
+        covariance: Covariance,
+        #[arg(long, value_enum, default_value = "value-iteration")]
+        algo: Algo,
+        /// Reward of an interval: names p50_ms p95_ms p99_ms mean_ms error_rate rps inflight.
+        #[arg(long, default_value = "-p95_ms - 1000*error_rate")]
+        reward: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Count and skip bad records instead of stopping at the first.
+        #[arg(long)]
+        skip_bad: bool,
+        /// Inputs are nginx-module-vts status snapshots.
+        #[arg(long)]
+        vts: bool,
+        /// Decision interval of the policy (default: the samples' median).
+        #[arg(long)]
+        interval_ms: Option<u64>,
+        /// provenance.created (default: SOURCE_DATE_EPOCH, else now), for reproducible output.
+        #[arg(long)]
+        created: Option<String>,
+        /// Discount factor.
+        #[arg(long, default_value_t = 0.8)]
+        gamma: f64,
+        /// Fewest visits of a (state, action) pair before the policy may use it.
+        #[arg(long, default_value_t = 2)]
+        min_visits: u64,
+        #[arg(long, default_value_t = 2)]
+        n_init: usize,
+        #[arg(long, default_value_t = 200)]
+        max_iter: usize,
+        #[arg(long, default_value_t = 1e-4)]
+        tol: f64,
+        #[arg(long, default_value_t = 1e-3)]
+        reg_covar: f64,
+    },
+    /// Validate a policy and print its table.
+    Inspect { policy: PathBuf },
+    /// Write a synthetic sample log (3 peers, peer 3 periodically slow).
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        records: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Intervals per phase (peer 3 is slow every other phase).
+        #[arg(long, default_value_t = 40)]
+        phase: usize,
+    },
+}
+
+/// RFC 3339 UTC from seconds since the epoch (civil-from-days, Hinnant).
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Learn {
+            samples,
+            out,
+            states,
+            covariance,
+            algo,
+            reward,
+            seed,
+            skip_bad,
+            vts,
+            interval_ms,
+            created,
+            gamma,
+            min_visits,
+            n_init,
+            max_iter,
+            tol,
+            reg_covar,
+        } => {
+            let states = match states.as_str() {
+                "auto" => States::Auto,
+                s => States::Fixed(
+                    s.parse()
+                        .with_context(|| format!("--states {s}: expected a number or \"auto\""))?,
+                ),
+            };
+            let created = match created {
+                Some(c) => c,
+                None => {
+                    let secs = match std::env::var("SOURCE_DATE_EPOCH") {
+                        Ok(v) => v
+                            .parse()
+                            .with_context(|| format!("SOURCE_DATE_EPOCH={v}: not a number"))?,
+                        Err(_) => std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0),
+                    };
+                    rfc3339(secs)
+                }
+            };
+            let opts = LearnOptions {
+                states,
+                covariance: match covariance {
+                    Covariance::Full => CovarianceKind::Full,
+                    Covariance::Diag => CovarianceKind::Diag,
+                },
+                algorithm: match algo {
+                    Algo::ValueIteration => Algorithm::ValueIteration,
+                    Algo::PolicyIteration => Algorithm::PolicyIteration,
+                    Algo::QLearning => Algorithm::QLearning,
+                    Algo::Bandit => Algorithm::Bandit,
+                },
+                reward,
+                seed,
+                skip_bad,
+                vts,
+                interval_ms,
+                created,
+                gamma,
+                min_visits,
+                n_init,
+                max_iter,
+                tol,
+                reg_covar,
+                ..LearnOptions::default()
+            };
+            let bar = std::io::stderr().is_terminal().then(|| {
+                let b = indicatif::ProgressBar::new_spinner();
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                        .expect("static template"),
+                );
+                b
+            });
+            let learned = learn(&samples, &opts, |stage, i, v| {
+                if let Some(b) = &bar {
+                    match stage {
+                        "read" => b.set_message(format!("read {i} intervals")),
+                        "em" => {
+                            b.set_message(format!("EM iteration {i}: mean log-likelihood {v:.4}"))
+                        }
+                        _ => b.set_message(format!("K={i}: BIC {v:.1}")),
+                    }
+                    b.tick();
+                }
+            })?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            let text = serde_json::to_string_pretty(&learned.policy)?;
+            std::fs::write(&out, text + "\n")
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            print!("{}", learned.summary);
+            println!(
+                "policy: {} ({} states, {} actions)",
+                out.display(),
+                learned.policy.table.len(),
+                learned.policy.actions.len()
+            );
+        }
+        Command::Inspect { policy } => {
+            let p = Policy::load(&policy.display().to_string())?;
+            let doc = p.to_document();
+            let shape = p.shape();
+            println!(
+                "policy {} (format {} v{}), interval {} ms",
+                policy.display(),
+                doc.format,
+                doc.version,
+                doc.interval_ms
+            );
+            for (k, v) in &doc.provenance {
+                println!("  {k}: {v}");
+            }
+            println!(
+                "agent: {}",
+                shape
+                    .upstreams
+                    .iter()
+                    .map(|u| format!("{} [{}]", u.name, u.peers.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            println!(
+                "{} features, {} states, {} actions, default action {}",
+                doc.features.len(),
+                p.states(),
+                doc.actions.len(),
+                doc.default_action
+            );
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:>5}  {:>7}  {:<8}  weights",
+                "state", "mix", "scaling"
+            )?;
+            for s in 0..p.states() {
+                let a = p.action_for(s);
+                let w: Vec<String> = doc.actions[a]
+                    .weights
+                    .iter()
+                    .zip(&shape.upstreams)
+                    .map(|(w, u)| {
+                        format!(
+                            "{}=({})",
+                            u.name,
+                            w.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                        )
+                    })
+                    .collect();
+                writeln!(
+                    out,
+                    "{s:>5}  {:>7.4}  {:<8}  action {a}: {}",
+                    doc.gmm.weights[s],
+                    p.scaling(s).unwrap_or("-"),
+                    w.join(" ")
+                )?;
+            }
+        }
+        Command::Synth {
+            out,
+            records,
+            seed,
+            phase,
+        } => {
+            if records < 2 {
+                bail!("--records {records}: need at least 2");
+            }
+            let f = std::fs::File::create(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let mut w = BufWriter::new(f);
+            deep_sched_learn::synth::synth(records, seed, phase, &mut w)?;
+            w.flush()?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_763_856_000), "2025-11-23T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

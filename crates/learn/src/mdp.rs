@@ -39,7 +39,13 @@ pub struct Transition {
 
 impl Mdp {
     /// Estimates the MDP from transitions.
-    pub fn estimate(states: usize, actions: usize, data: &[Transition], alpha: f64, min_visits: u64) -> Mdp {
+    pub fn estimate(
+        states: usize,
+        actions: usize,
+        data: &[Transition],
+        alpha: f64,
+        min_visits: u64,
+    ) -> Mdp {
         let (sn, an) = (states, actions);
         let mut counts = vec![0.0; sn * an * sn];
         let mut n = vec![0u64; sn * an];
@@ -61,7 +67,13 @@ impl Mdp {
             }
         }
         let r: Vec<f64> = (0..sn * an)
-            .map(|sa| if n[sa] > 0 { rsum[sa] / n[sa] as f64 } else { 0.0 })
+            .map(|sa| {
+                if n[sa] > 0 {
+                    rsum[sa] / n[sa] as f64
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let allowed = n.iter().map(|&c| c >= min_visits.max(1)).collect();
         Mdp {
@@ -113,7 +125,12 @@ impl Mdp {
     }
 
     /// Value iteration to `‖ΔV‖∞ < tol`.
-    pub fn value_iteration(&self, gamma: f64, tol: f64, max_iter: usize) -> (Vec<Option<usize>>, Vec<f64>) {
+    pub fn value_iteration(
+        &self,
+        gamma: f64,
+        tol: f64,
+        max_iter: usize,
+    ) -> (Vec<Option<usize>>, Vec<f64>) {
         let floor = self.floor(gamma);
         let mut v = vec![0.0; self.states];
         for _ in 0..max_iter {
@@ -169,7 +186,9 @@ impl Mdp {
         let mut b = vec![0.0; n];
         for s in 0..n {
             m[s * n + s] = 1.0;
-            let acts: Vec<usize> = (0..self.actions).filter(|&a| self.allowed[s * self.actions + a]).collect();
+            let acts: Vec<usize> = (0..self.actions)
+                .filter(|&a| self.allowed[s * self.actions + a])
+                .collect();
             if acts.is_empty() {
                 b[s] = floor;
                 continue;
@@ -200,7 +219,9 @@ impl Mdp {
                 let Some(cur) = pi[s] else { continue };
                 let qc = self.q(s, cur, &v, gamma);
                 for a in 0..self.actions {
-                    if self.allowed[s * self.actions + a] && self.q(s, a, &v, gamma) > qc + 1e-12 * (1.0 + qc.abs()) {
+                    if self.allowed[s * self.actions + a]
+                        && self.q(s, a, &v, gamma) > qc + 1e-12 * (1.0 + qc.abs())
+                    {
                         pi[s] = Some(a);
                         changed = true;
                         break;
@@ -219,7 +240,9 @@ impl Mdp {
 /// Gaussian elimination with partial pivoting; the solution replaces `b`.
 fn solve(m: &mut [f64], b: &mut [f64], n: usize) {
     for c in 0..n {
-        let piv = (c..n).max_by(|&i, &j| m[i * n + c].abs().total_cmp(&m[j * n + c].abs())).unwrap_or(c);
+        let piv = (c..n)
+            .max_by(|&i, &j| m[i * n + c].abs().total_cmp(&m[j * n + c].abs()))
+            .unwrap_or(c);
         if piv != c {
             for j in 0..n {
                 m.swap(c * n + j, piv * n + j);
@@ -252,7 +275,13 @@ fn solve(m: &mut [f64], b: &mut [f64], n: usize) {
 /// Offline Q-learning: sweeps over the logged transitions with a decaying
 /// learning rate `αₜ = 1 / (1 + visits(s,a))^0.6`; only logged actions get
 /// values. Returns the greedy policy over actions seen in each state.
-pub fn q_learning(states: usize, actions: usize, data: &[Transition], gamma: f64, sweeps: usize) -> (Vec<Option<usize>>, Vec<f64>) {
+pub fn q_learning(
+    states: usize,
+    actions: usize,
+    data: &[Transition],
+    gamma: f64,
+    sweeps: usize,
+) -> (Vec<Option<usize>>, Vec<f64>) {
     let mut q = vec![0.0; states * actions];
     let mut visits = vec![0u64; states * actions];
     let mut seen = vec![false; states * actions];
@@ -279,7 +308,11 @@ pub fn q_learning(states: usize, actions: usize, data: &[Transition], gamma: f64
         .map(|s| {
             (0..actions)
                 .filter(|&a| seen[s * actions + a])
-                .max_by(|&a, &b| q[s * actions + a].total_cmp(&q[s * actions + b]).then(b.cmp(&a)))
+                .max_by(|&a, &b| {
+                    q[s * actions + a]
+                        .total_cmp(&q[s * actions + b])
+                        .then(b.cmp(&a))
+                })
         })
         .collect();
     (policy, q)
@@ -331,7 +364,12 @@ impl LinUcb {
         let mut ainv_x = x.to_vec();
         solve(&mut m, &mut ainv_x, d);
         let mean = theta.iter().zip(x).map(|(t, v)| t * v).sum();
-        let var = ainv_x.iter().zip(x).map(|(a, v)| a * v).sum::<f64>().max(0.0);
+        let var = ainv_x
+            .iter()
+            .zip(x)
+            .map(|(a, v)| a * v)
+            .sum::<f64>()
+            .max(0.0);
         (mean, var)
     }
 
@@ -450,13 +488,26 @@ mod tests {
     #[test]
     fn unseen_actions_are_never_chosen() {
         let data = vec![
-            Transition { s: 0, a: 0, r: -5.0, s2: 1 },
-            Transition { s: 1, a: 1, r: -1.0, s2: 0 },
+            Transition {
+                s: 0,
+                a: 0,
+                r: -5.0,
+                s2: 1,
+            },
+            Transition {
+                s: 1,
+                a: 1,
+                r: -1.0,
+                s2: 0,
+            },
         ];
         let m = Mdp::estimate(3, 2, &data, 1.0, 1);
         let (pi, v) = m.value_iteration(0.9, 1e-9, 10_000);
         assert_eq!(pi, vec![Some(0), Some(1), None]);
-        assert!(v[2] <= v[0] && v[2] <= v[1], "pessimistic value for the unseen state: {v:?}");
+        assert!(
+            v[2] <= v[0] && v[2] <= v[1],
+            "pessimistic value for the unseen state: {v:?}"
+        );
     }
 
     #[test]
@@ -477,7 +528,11 @@ mod tests {
                 regret_late += best - pay(arm);
             }
         }
-        assert!(regret_late / 1000.0 < 0.03, "mean late regret {}", regret_late / 1000.0);
+        assert!(
+            regret_late / 1000.0 < 0.03,
+            "mean late regret {}",
+            regret_late / 1000.0
+        );
         assert_eq!(bandit.best_mean(&[1.0, 0.0], 0..3), Some(0));
         assert_eq!(bandit.best_mean(&[0.0, 1.0], 0..3), Some(1));
     }
