@@ -17,5 +17,5 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     exit 1
 fi
 scripts/container-base.sh >/dev/null
-docker build -q --build-arg BASE=deep-sched/base:bookworm -t "$tag" . >/dev/null
+docker build -q --rm --force-rm --build-arg BASE=deep-sched/base:bookworm -t "$tag" . >/dev/null
 echo "container-build.sh: $tag"
