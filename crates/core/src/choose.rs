@@ -7,6 +7,7 @@
 //!   exactly `wᵢ` times, evenly interleaved. (The module delegates to
 //!   nginx's own implementation so that `max_fails` etc. stay nginx's; this
 //!   one is the reference for tests and the lab's simulations.)
+//! - [`Ewma`]: peak-sensitive, time-decayed latency average.
 //! - [`p2c`]: the power of two choices (Mitzenmacher 2001) over
 //!   weight-proportional draws: the policy sets the macro shares, the
 //!   per-request choice absorbs bursts by preferring the peer with fewer
@@ -38,6 +39,58 @@ pub fn ewma_update(mean: f64, sample: f64) -> f64 {
         sample
     } else {
         mean + EWMA_ALPHA * (sample - mean)
+    }
+}
+
+/// A peak-sensitive exponentially weighted moving average of latency
+/// (after Finagle's and Linkerd's "peak EWMA"): a sample above the average
+/// is taken at once, so a peer that turns slow is avoided immediately; a
+/// lower one is blended in with a weight that grows with the time since the
+/// last sample,
+///
+/// ```text
+/// m ← x                          if x > m (or no sample yet)
+/// m ← w·m + (1 − w)·x,  w = exp(−Δt/τ)   otherwise
+/// ```
+///
+/// A pure function of its inputs: the caller passes the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Ewma {
+    /// Current average, ms (0 before the first sample).
+    value: f64,
+    /// When the last sample was recorded, ms on the caller's clock.
+    stamp_ms: u64,
+}
+
+impl Ewma {
+    /// An average with no sample yet.
+    pub const fn new() -> Ewma {
+        Ewma {
+            value: 0.0,
+            stamp_ms: 0,
+        }
+    }
+
+    /// Records `sample_ms` observed at `now_ms` with time constant
+    /// `tau_ms` (> 0). Negative or non-finite samples are ignored; a clock
+    /// that goes backwards counts as no time elapsed.
+    pub fn observe(&mut self, sample_ms: f64, now_ms: u64, tau_ms: f64) {
+        if !sample_ms.is_finite() || sample_ms < 0.0 {
+            return;
+        }
+        if self.value <= 0.0 || sample_ms > self.value {
+            self.value = sample_ms;
+        } else {
+            let dt = now_ms.saturating_sub(self.stamp_ms) as f64;
+            let w = (-dt / tau_ms.max(f64::MIN_POSITIVE)).exp();
+            self.value = w * self.value + (1.0 - w) * sample_ms;
+        }
+        self.stamp_ms = self.stamp_ms.max(now_ms);
+    }
+
+    /// The current average, ms (0 before the first sample).
+    pub fn value(&self) -> f64 {
+        self.value
     }
 }
 
@@ -165,7 +218,34 @@ mod tests {
         assert_eq!(s.pick(&[1, 1, 1], |_| false), None);
     }
 
+    /// nginx's algorithm written the obvious way, allocating: the first
+    /// peer with the largest `current` wins.
+    fn reference_pick(current: &mut [i64], weights: &[u32], eligible: &[bool]) -> Option<usize> {
+        let ids: Vec<usize> = (0..weights.len()).filter(|&i| eligible[i]).collect();
+        let total: i64 = ids.iter().map(|&i| i64::from(weights[i])).sum();
+        for &i in &ids {
+            current[i] += i64::from(weights[i]);
+        }
+        // `max_by_key` keeps the last of equal maxima; reversed, the first.
+        let best = ids.iter().rev().copied().max_by_key(|&i| current[i])?;
+        current[best] -= total;
+        Some(best)
+    }
+
     proptest! {
+        #[test]
+        fn swrr_equals_the_reference(
+            weights in prop::collection::vec(1u32..50, 1..8),
+            masks in prop::collection::vec(prop::collection::vec(prop::bool::weighted(0.8), 8), 1..200),
+        ) {
+            let mut s = SmoothWrr::<8>::default();
+            let mut current = vec![0i64; weights.len()];
+            for mask in &masks {
+                let want = reference_pick(&mut current, &weights, mask);
+                prop_assert_eq!(s.pick(&weights, |i| mask[i]), want);
+            }
+        }
+
         #[test]
         fn swrr_gives_exact_shares(weights in prop::collection::vec(1u32..20, 1..8), rounds in 1usize..4) {
             let mut s = SmoothWrr::<8>::default();
@@ -222,6 +302,39 @@ mod tests {
         assert_eq!(p2c(&peers, &mut rng), Some(0));
         peers[0].eligible = false;
         assert_eq!(p2c(&peers, &mut rng), None);
+    }
+
+    #[test]
+    fn peak_ewma_follows_a_controlled_clock() {
+        let tau = 1000.0;
+        let mut e = Ewma::new();
+        assert_eq!(e.value(), 0.0);
+        e.observe(10.0, 5_000, tau);
+        assert_eq!(e.value(), 10.0, "the first sample is taken as is");
+        e.observe(40.0, 5_000, tau);
+        assert_eq!(e.value(), 40.0, "a peak is taken at once");
+        e.observe(20.0, 5_000, tau);
+        assert_eq!(
+            e.value(),
+            40.0,
+            "no time elapsed: a lower sample has no weight"
+        );
+        e.observe(20.0, 6_000, tau);
+        let want = 40.0 * (-1.0f64).exp() + 20.0 * (1.0 - (-1.0f64).exp());
+        assert!((e.value() - want).abs() < 1e-12, "{}", e.value());
+        e.observe(20.0, 5_500, tau);
+        assert!(
+            (e.value() - want).abs() < 1e-12,
+            "a clock going back is no time"
+        );
+        e.observe(2.0, 60_000, tau);
+        assert!(
+            (e.value() - 2.0).abs() < 1e-9,
+            "long after, the new sample wins"
+        );
+        e.observe(f64::NAN, 61_000, tau);
+        e.observe(-1.0, 61_000, tau);
+        assert!((e.value() - 2.0).abs() < 1e-9, "bad samples are ignored");
     }
 
     #[test]
