@@ -10,8 +10,6 @@
 //! name); everything else — which forms exist, which parameter goes with
 //! which form, the ranges — is decided here so it can be tested directly.
 
-use std::fmt;
-
 /// Shortest and longest decision interval the module accepts.
 pub const INTERVAL_RANGE_MS: (u64, u64) = (100, 3_600_000);
 /// Largest weight a peer can be given (nginx's own `weight=` has no upper
@@ -62,25 +60,14 @@ pub struct DirectiveArgs {
 
 /// A problem with the directive's words; displayed the way nginx phrases
 /// configuration errors (`invalid parameter "x" in "deep_sched": ...`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid parameter \"{word}\" in \"deep_sched\": {problem}")]
 pub struct DirectiveError {
     /// The offending word as written.
     pub word: String,
     /// What is wrong with it.
     pub problem: String,
 }
-
-impl fmt::Display for DirectiveError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid parameter \"{}\" in \"deep_sched\": {}",
-            self.word, self.problem
-        )
-    }
-}
-
-impl std::error::Error for DirectiveError {}
 
 fn err(word: &str, problem: impl Into<String>) -> DirectiveError {
     DirectiveError {

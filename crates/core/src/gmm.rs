@@ -25,7 +25,8 @@ pub enum CovarianceKind {
 }
 
 /// Why a mixture could not be built (the caller adds the file and path).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}{problem}", component.map(|c| format!("component {c}: ")).unwrap_or_default())]
 pub struct GmmError {
     /// Component index, when the problem is one component's.
     pub component: Option<usize>,
@@ -654,7 +655,10 @@ mod tests {
             &m,
             &[vec![1.0, 1.0, 1.0, 1.0]],
         );
-        assert!(singular.unwrap_err().problem.contains("positive definite"));
+        assert_eq!(
+            singular.unwrap_err().to_string(),
+            "component 0: covariance is not positive definite"
+        );
         let asym = Gmm::from_covariances(
             CovarianceKind::Full,
             &[1.0],

@@ -7,8 +7,6 @@
 //! definiteness, index ranges — and every error names the file, the JSON
 //! path and the problem, because that message is what `nginx -t` prints.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use crate::directive::{INTERVAL_RANGE_MS, MAX_WEIGHT};
@@ -21,7 +19,8 @@ pub const POLICY_FORMAT: &str = "deep_sched.policy";
 pub const POLICY_VERSION: u32 = 1;
 
 /// A policy file problem: which file, where in it, what.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy \"{source_name}\": at {path}: {problem}")]
 pub struct PolicyError {
     /// The file (or the name given to [`Policy::from_json_str`]).
     pub source_name: String,
@@ -30,18 +29,6 @@ pub struct PolicyError {
     /// What is wrong.
     pub problem: String,
 }
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "policy \"{}\": at {}: {}",
-            self.source_name, self.path, self.problem
-        )
-    }
-}
-
-impl std::error::Error for PolicyError {}
 
 /// `full` or `diag`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
