@@ -1,6 +1,6 @@
 //! Bad policy files: every one is refused with the JSON path and the problem.
 
-use deep_sched_core::policy::Policy;
+use deep_sched_core::policy::{Policy, PolicyDocument};
 use serde_json::{json, Value};
 
 fn good() -> Value {
@@ -139,8 +139,20 @@ fn bad_policies_name_the_path_and_the_problem() {
         (
             "nan string",
             with(&["gmm", "means", "0", "0"], json!("NaN")),
-            "gmm.means",
-            "",
+            "gmm.means[0][0]",
+            "invalid type: string \"NaN\", expected f64",
+        ),
+        (
+            "duplicate upstream",
+            with(
+                &["agent", "upstreams"],
+                json!([
+                    {"name": "backend", "peers": ["127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"]},
+                    {"name": "backend", "peers": ["127.0.0.1:18084"]}
+                ]),
+            ),
+            "agent.upstreams[1].name",
+            "upstream \"backend\" is listed twice",
         ),
         (
             "no upstreams",
@@ -332,4 +344,54 @@ fn documents_round_trip() {
     let again = serde_json::to_string(&p.to_document()).unwrap();
     let q = Policy::from_json_str(&again, "again.json").unwrap();
     assert_eq!(p.to_document(), q.to_document());
+}
+
+/// The learner builds documents in memory, where NaN and infinities exist:
+/// `validate` refuses them with the same paths.
+#[test]
+fn documents_built_in_memory_refuse_non_finite_numbers() {
+    let base = || -> PolicyDocument { serde_json::from_value(good()).unwrap() };
+    let cases: Vec<(&str, PolicyDocument, &str)> = vec![
+        (
+            "mean NaN",
+            {
+                let mut d = base();
+                d.gmm.means[1][2] = f64::NAN;
+                d
+            },
+            "gmm.means[1][2]",
+        ),
+        (
+            "std infinite",
+            {
+                let mut d = base();
+                d.standardization.std[0] = f64::INFINITY;
+                d
+            },
+            "standardization.std[0]",
+        ),
+        (
+            "weight NaN",
+            {
+                let mut d = base();
+                d.gmm.weights[0] = f64::NAN;
+                d
+            },
+            "gmm.weights[0]",
+        ),
+        (
+            "ood NaN",
+            {
+                let mut d = base();
+                d.ood_log_likelihood = Some(f64::NAN);
+                d
+            },
+            "ood_log_likelihood",
+        ),
+    ];
+    for (name, doc, path) in cases {
+        let e = doc.validate("mem").expect_err(name);
+        assert_eq!(e.path, path, "{name}: {e}");
+        assert!(e.problem.contains("not a finite number"), "{name}: {e}");
+    }
 }
