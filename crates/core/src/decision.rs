@@ -20,9 +20,17 @@ pub enum Mode {
     /// Keep the configured weights.
     Observe,
     /// A random weight per peer from the set.
-    Explore { weights: Vec<u32> },
+    Explore {
+        /// The weights to draw from (uniformly).
+        weights: Vec<u32>,
+    },
     /// The policy's table; a random action with probability `epsilon`.
-    Policy { policy: Arc<Policy>, epsilon: f64 },
+    Policy {
+        /// The validated policy.
+        policy: Arc<Policy>,
+        /// Probability of a uniformly random action instead (0..=1).
+        epsilon: f64,
+    },
 }
 
 impl Mode {
@@ -39,12 +47,18 @@ impl Mode {
 /// The outcome of one decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
+    /// The most likely GMM state (policy mode, finite features).
     pub state: Option<usize>,
+    /// `ln p(x)` under the mixture (policy mode, finite features).
     pub log_likelihood: Option<f64>,
+    /// The features were out of distribution (below the policy's
+    /// `ood_log_likelihood`, or not finite): the default action was taken.
     pub ood: bool,
+    /// The action applied (policy mode).
     pub action: Option<usize>,
     /// New weights `[u][p]`.
     pub weights: Vec<Vec<u32>>,
+    /// The weights were drawn at random (explore mode, or epsilon).
     pub explored: bool,
     /// Standardised features.
     pub features: Vec<f64>,

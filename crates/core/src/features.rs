@@ -35,15 +35,25 @@ impl AgentShape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
+    /// Tries per second.
     Rps,
+    /// `(5xx + failures) / max(requests, 1)`.
     ErrorRate,
+    /// Mean response time, ms.
     LatencyMeanMs,
+    /// Median response time, ms (from the histogram).
     LatencyP50Ms,
+    /// 95th percentile response time, ms (from the histogram).
     LatencyP95Ms,
+    /// 99th percentile response time, ms (from the histogram).
     LatencyP99Ms,
+    /// Requests in flight at the end of the interval.
     Inflight,
+    /// Bytes per second received from the peer.
     InBytesRate,
+    /// Bytes per second sent to the peer.
     OutBytesRate,
+    /// The peer's share of its upstream's tries.
     Share,
 }
 
@@ -141,7 +151,9 @@ impl FeatureSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Standardization {
+    /// Per-feature mean (after the transform).
     pub mean: Vec<f64>,
+    /// Per-feature standard deviation (> 0).
     pub std: Vec<f64>,
 }
 
@@ -158,7 +170,9 @@ impl Standardization {
 /// The feature list and its standardisation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureSet {
+    /// The features, in vector order.
     pub specs: Vec<FeatureSpec>,
+    /// Their standardisation (same length).
     pub standardization: Standardization,
 }
 

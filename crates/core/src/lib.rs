@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! deep_sched's core: everything the nginx module and the learner must
 //! agree on, with no nginx and no I/O (but [`policy::Policy::load`]).
 //!

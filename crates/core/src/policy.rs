@@ -34,7 +34,9 @@ pub struct PolicyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CovarianceType {
+    /// A full `D×D` matrix per component.
     Full,
+    /// `D` variances per component.
     Diag,
 }
 
@@ -78,6 +80,7 @@ impl<'de> Deserialize<'de> for PerComponent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GmmDocument {
+    /// How `covariances` / `precisions_cholesky` are shaped.
     pub covariance: CovarianceType,
     /// Mixture weights, summing to 1.
     pub weights: Vec<f64>,
@@ -103,6 +106,7 @@ pub struct ActionDocument {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentDocument {
+    /// The agent's upstreams and their peers, in agent order.
     pub upstreams: Vec<crate::features::UpstreamShape>,
 }
 
@@ -139,10 +143,15 @@ pub struct PolicyDocument {
     pub version: u32,
     /// Decision interval, ms.
     pub interval_ms: u64,
+    /// The upstreams and peers the policy was learned for.
     pub agent: AgentDocument,
+    /// The feature vector's layout.
     pub features: Vec<FeatureSpec>,
+    /// Standardisation of the features (one entry per feature).
     pub standardization: Standardization,
+    /// The state model.
     pub gmm: GmmDocument,
+    /// Weight sets the policy can apply.
     pub actions: Vec<ActionDocument>,
     /// `table[state]` = action index.
     pub table: Vec<usize>,

@@ -29,7 +29,9 @@ pub struct SamplePeer {
 /// One upstream in one interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleUpstream {
+    /// Upstream name.
     pub name: String,
+    /// Its peers, in agent order.
     pub peers: Vec<SamplePeer>,
 }
 
@@ -50,6 +52,7 @@ pub struct SampleRecord {
     pub seq: u64,
     /// `observe`, `explore` or `policy`.
     pub mode: String,
+    /// Per-upstream, per-peer counter deltas of the interval.
     pub upstreams: Vec<SampleUpstream>,
     /// The standardised feature vector (the policy's features, or the
     /// default set without a policy).

@@ -17,6 +17,7 @@ pub struct StatusDocument {
     /// Wall clock of the snapshot, ms since the Unix epoch.
     #[serde(rename = "nowMsec")]
     pub now_msec: u64,
+    /// Every agent of the configuration.
     pub agents: Vec<AgentStatus>,
 }
 
@@ -29,6 +30,7 @@ pub struct AgentStatus {
     pub mode: String,
     /// `wrr` or `p2c`.
     pub choose: String,
+    /// Decision interval, ms.
     #[serde(rename = "intervalMsec")]
     pub interval_msec: u64,
     /// Policy file and provenance, when there is a policy.
@@ -38,7 +40,9 @@ pub struct AgentStatus {
     /// Wall clock of the last decision (ms), 0 before the first.
     #[serde(rename = "lastDecisionMsec")]
     pub last_decision_msec: u64,
+    /// GMM state of the last decision (policy mode).
     pub state: Option<usize>,
+    /// Action of the last decision (policy mode).
     pub action: Option<usize>,
     /// Log-likelihood of the last observation under the policy's GMM.
     #[serde(rename = "logLikelihood")]
@@ -49,16 +53,21 @@ pub struct AgentStatus {
     pub explored: bool,
     /// The policy's scaling advice for the current state (`add`, `remove`, `hold`).
     pub scaling: Option<String>,
+    /// The agent's upstreams.
     pub upstreams: Vec<UpstreamStatus>,
 }
 
 /// Policy identity shown on the status page.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PolicyStatus {
+    /// The policy file as configured.
     pub file: String,
+    /// The file's format version.
     #[serde(rename = "formatVersion")]
     pub format_version: u32,
+    /// Number of GMM states.
     pub states: usize,
+    /// Number of actions.
     pub actions: usize,
     /// Provenance, as in the file (learner, algorithm, samples, created...).
     pub provenance: serde_json::Value,
@@ -67,21 +76,28 @@ pub struct PolicyStatus {
 /// One upstream of an agent.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct UpstreamStatus {
+    /// Upstream name.
     pub name: String,
+    /// Its peers, in agent order.
     pub peers: Vec<PeerStatus>,
 }
 
 /// Response counts by class, as vts names them.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Default)]
 pub struct Responses {
+    /// 1xx responses.
     #[serde(rename = "1xx")]
     pub r1xx: u64,
+    /// 2xx responses.
     #[serde(rename = "2xx")]
     pub r2xx: u64,
+    /// 3xx responses.
     #[serde(rename = "3xx")]
     pub r3xx: u64,
+    /// 4xx responses.
     #[serde(rename = "4xx")]
     pub r4xx: u64,
+    /// 5xx responses.
     #[serde(rename = "5xx")]
     pub r5xx: u64,
 }
@@ -101,29 +117,39 @@ impl From<[u64; 5]> for Responses {
 /// Latency percentiles (ms) of all requests since the zone was created.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Default)]
 pub struct Percentiles {
+    /// Median.
     pub p50: f64,
+    /// 95th percentile.
     pub p95: f64,
+    /// 99th percentile.
     pub p99: f64,
 }
 
 /// One peer: cumulative counters, the last interval's rate, weights.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PeerStatus {
+    /// Peer address as nginx names it.
     pub server: String,
+    /// Tries finished since the zone was created.
     #[serde(rename = "requestCounter")]
     pub request_counter: u64,
+    /// Bytes received from the peer.
     #[serde(rename = "inBytes")]
     pub in_bytes: u64,
+    /// Bytes sent to the peer.
     #[serde(rename = "outBytes")]
     pub out_bytes: u64,
+    /// Responses by status class.
     pub responses: Responses,
     /// Tries nginx counted as failures of the peer.
     pub failures: u64,
+    /// Sum of response times, ms.
     #[serde(rename = "requestMsecCounter")]
     pub request_msec_counter: u64,
     /// Mean response time, ms (vts: `requestMsec`).
     #[serde(rename = "requestMsec")]
     pub request_msec: u64,
+    /// Response-time percentiles, ms.
     #[serde(rename = "requestMsecs")]
     pub request_msecs: Percentiles,
     /// Requests now at the peer.
