@@ -1,0 +1,66 @@
+//! What each fuzz target does with one input, shared by the targets and by
+//! the regression test that replays kept inputs (`tests/regressions.rs`).
+//! Every input must give `Ok` or a typed error: never a panic, an abort or
+//! an endless loop.
+
+use deep_sched_core::policy::Policy;
+use deep_sched_core::samples::SampleRecord;
+
+/// `Policy::from_json_str` on arbitrary bytes; a policy that validates is
+/// then used as the module would: every state's action, and the GMM scoring
+/// of a few feature vectors (zeros, each component's mean, huge values).
+pub fn policy_from_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(policy) = Policy::from_json_str(text, "fuzz") else {
+        return;
+    };
+    for s in 0..policy.states() {
+        let a = policy.action_for(s);
+        assert!(a < policy.actions().len(), "state {s} -> action {a}");
+        let _ = policy.scaling(s);
+    }
+    assert!(policy.default_action() < policy.actions().len());
+    let dim = policy.features().len();
+    let gmm = policy.gmm();
+    let mut sane = vec![vec![0.0; dim]];
+    sane.extend(policy.to_document().gmm.means);
+    for x in &sane {
+        let (state, ll) = gmm.classify(x);
+        assert!(state < gmm.k(), "state {state} of {}", gmm.k());
+        assert!(!ll.is_nan(), "NaN log-likelihood at {x:?}");
+    }
+    // Far outside the training data: any state, but no panic.
+    for v in [1e300, -1e300, f64::MAX] {
+        let (state, _) = gmm.classify(&vec![v; dim]);
+        assert!(state < gmm.k(), "state {state} of {}", gmm.k());
+    }
+    let shape = policy.shape();
+    for u in &shape.upstreams {
+        let peers: Vec<&str> = u.peers.iter().map(String::as_str).collect();
+        policy
+            .check_upstream(&u.name, &peers)
+            .expect("a policy matches its own upstreams");
+    }
+}
+
+/// One line of a sample log, as the learner reads it.
+pub fn sample_record(data: &[u8]) {
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(record) = serde_json::from_str::<SampleRecord>(line) else {
+        return;
+    };
+    let deltas = record.deltas();
+    let weights = record.weights_in_force();
+    let shape = record.shape();
+    assert_eq!(deltas.len(), record.upstreams.len());
+    assert_eq!(weights.len(), shape.upstreams.len());
+    // What it writes back, it reads again the same.
+    let text = serde_json::to_string(&record).expect("serialise a parsed record");
+    let again: SampleRecord = serde_json::from_str(&text).expect("re-read a written record");
+    assert_eq!(again.upstreams, record.upstreams);
+    assert_eq!(again.weights, record.weights);
+}
