@@ -166,23 +166,29 @@ fn ngx_str_to_string(s: &ngx_str_t) -> String {
     String::from_utf8_lossy(s.as_bytes()).into_owned()
 }
 
+/// Copies `s` into the configuration pool as an `ngx_str_t` whose data is
+/// also NUL-terminated (nginx passes file names to open(2) as C strings).
+unsafe fn pool_str(cf: *mut ngx_conf_t, s: &str) -> Option<ngx_str_t> {
+    // SAFETY: cf's pool is live for the cycle; the copy is s.len() + 1 bytes.
+    unsafe {
+        let pool = Pool::from_ngx_pool((*cf).pool);
+        let data = pool.alloc_unaligned(s.len() + 1) as *mut u8;
+        if data.is_null() {
+            return None;
+        }
+        ptr::copy_nonoverlapping(s.as_ptr(), data, s.len());
+        *data.add(s.len()) = 0;
+        Some(ngx_str_t { len: s.len(), data })
+    }
+}
+
 /// Resolves `name` like nginx does for files named in the configuration
 /// (`conf_prefix`: relative to the configuration directory, else to the
 /// prefix). Returns the full path.
 unsafe fn full_name(cf: *mut ngx_conf_t, name: &str, conf_prefix: bool) -> Option<String> {
-    // SAFETY: the pool is live; the string is copied into it because
-    // ngx_conf_full_name may keep pointing at it.
+    // SAFETY: cf is live; ngx_conf_full_name may keep pointing at the copy.
     unsafe {
-        let pool = Pool::from_ngx_pool((*cf).pool);
-        let data = pool.alloc_unaligned(name.len()) as *mut u8;
-        if data.is_null() {
-            return None;
-        }
-        ptr::copy_nonoverlapping(name.as_ptr(), data, name.len());
-        let mut s = ngx_str_t {
-            len: name.len(),
-            data,
-        };
+        let mut s = pool_str(cf, name)?;
         if ngx_conf_full_name((*cf).cycle, &mut s, ngx_uint_t::from(conf_prefix))
             != ngx::ffi::NGX_OK as ngx_int_t
         {
@@ -384,20 +390,13 @@ unsafe fn deep_sched_inner(cf: *mut ngx_conf_t, scf: &mut SrvConf) -> *mut c_cha
 }
 
 unsafe fn open_log(cf: *mut ngx_conf_t, path: &str) -> *mut ngx_open_file_t {
-    // SAFETY: the name is copied into the cycle's pool, which the open file
-    // entry outlives with.
+    // SAFETY: the name lives in the configuration pool, as long as the open
+    // file entry; it is NUL-terminated for open(2).
     unsafe {
-        let pool = Pool::from_ngx_pool((*cf).pool);
-        let data = pool.alloc_unaligned(path.len()) as *mut u8;
-        if data.is_null() {
-            return ptr::null_mut();
+        match pool_str(cf, path) {
+            Some(mut name) => ngx_conf_open_file((*cf).cycle, &mut name),
+            None => ptr::null_mut(),
         }
-        ptr::copy_nonoverlapping(path.as_ptr(), data, path.len());
-        let mut name = ngx_str_t {
-            len: path.len(),
-            data,
-        };
-        ngx_conf_open_file((*cf).cycle, &mut name)
     }
 }
 
@@ -475,15 +474,8 @@ unsafe fn postconfiguration_inner(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: the name is copied into the configuration pool, which lives as
     // long as the cycle that owns the zone.
     unsafe {
-        let pool = Pool::from_ngx_pool((*cf).pool);
-        let data = pool.alloc_unaligned(name.len()) as *mut u8;
-        if data.is_null() {
+        let Some(mut zname) = pool_str(cf, &name) else {
             return ngx::ffi::NGX_ERROR as ngx_int_t;
-        }
-        ptr::copy_nonoverlapping(name.as_ptr(), data, name.len());
-        let mut zname = ngx_str_t {
-            len: name.len(),
-            data,
         };
         let tag = ptr::addr_of!(crate::ngx_http_deep_sched_module) as *mut c_void;
         let zone = ngx_shared_memory_add(cf, &mut zname, size, tag);

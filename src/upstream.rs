@@ -365,6 +365,12 @@ unsafe fn get_p2c_peer(
     if pd.rrp.peers != pd.primary {
         return NGX_BUSY as ngx_int_t;
     }
+    // SAFETY: pc is live; as in nginx's round robin, a new try starts
+    // without a cached connection (keepalive, if any, sets one after us).
+    unsafe {
+        (*pc).set_cached(0);
+        (*pc).connection = ptr::null_mut();
+    }
     let peers = pd.primary;
     let mut loads = [PeerLoad::default(); MAX_PEERS];
     let mut ptrs = [ptr::null_mut::<ngx_http_upstream_rr_peer_t>(); MAX_PEERS];

@@ -276,9 +276,11 @@ fn explore_draws_weights_from_the_set_and_logs_them() {
     let b = backends(3, 8, 1.0);
     let servers = server_lines(&b, &["", "", ""]);
     let http = format!(
-        "    upstream backend {{\n{servers}        deep_sched explore weights=2,7 interval=300ms log=logs/samples.jsonl;\n    }}\n{}",
+        "    upstream backend {{\n{servers}        deep_sched explore weights=2,7 interval=300ms log={{prefix}}/logs/samples.jsonl;\n    }}\n{}",
         proxy_server("        location / { proxy_pass http://backend; }")
     );
+    // An absolute log path (nginx does not copy those: the name must be a
+    // proper C string).
     let nginx = Nginx::start(&full_config(&http, 2));
     let load = Load::start(nginx.port, 2, READ);
     let lines = wait_for(Duration::from_secs(10), || {
@@ -658,32 +660,43 @@ fn p2c_avoids_a_loaded_peer_and_honours_down() {
     assert_eq!(st["agents"][0]["choose"], "p2c");
 }
 
-/// `zone`, `keepalive`, `backup`: nginx's features keep working.
+/// `zone`, `keepalive`, `backup`: nginx's features keep working, with both
+/// per-request choices.
 #[test]
 fn zone_keepalive_and_backup_work() {
-    let b = backends(3, 8, 1.0);
-    let servers = server_lines(&b, &["", "", "backup"]);
-    let http = format!(
-        "    upstream backend {{\n        zone backend 64k;\n{servers}        deep_sched explore interval=200ms;\n        keepalive 8;\n    }}\n{}",
-        proxy_server(
-            "        proxy_http_version 1.1;\n\
-                     proxy_set_header Connection \"\";\n\
-                     location / { proxy_pass http://backend; }"
-        )
-    );
-    let nginx = Nginx::start(&full_config(&http, 2));
-    let s = spread(&nginx, 60);
-    assert_eq!(
-        s.get("b3"),
-        None,
-        "backup used while primaries are up: {s:?}"
-    );
-    assert_eq!(counts(&s, 3)[0] + counts(&s, 3)[1], 60);
-    b[0].set_mode(Mode::Refuse);
-    b[1].set_mode(Mode::Refuse);
-    std::thread::sleep(Duration::from_millis(100));
-    let s = spread(&nginx, 10);
-    assert_eq!(s.get("b3").copied(), Some(10), "backup takes over: {s:?}");
+    for choose in ["wrr", "p2c"] {
+        let b = backends(3, 8, 1.0);
+        let servers = server_lines(&b, &["", "", "backup"]);
+        let http = format!(
+            "    upstream backend {{\n        zone backend 64k;\n{servers}        deep_sched explore interval=200ms choose={choose};\n        keepalive 8;\n    }}\n{}",
+            proxy_server(
+                "        proxy_http_version 1.1;\n\
+                         proxy_set_header Connection \"\";\n\
+                         location / { proxy_pass http://backend; }"
+            )
+        );
+        let nginx = Nginx::start(&full_config(&http, 2));
+        let s = spread(&nginx, 60);
+        assert_eq!(
+            s.get("b3"),
+            None,
+            "{choose}: backup used while primaries are up: {s:?}"
+        );
+        assert_eq!(counts(&s, 3)[0] + counts(&s, 3)[1], 60, "{choose}: {s:?}");
+        assert!(
+            counts(&s, 3)[0] > 0 && counts(&s, 3)[1] > 0,
+            "{choose}: {s:?}"
+        );
+        b[0].set_mode(Mode::Refuse);
+        b[1].set_mode(Mode::Refuse);
+        std::thread::sleep(Duration::from_millis(100));
+        let s = spread(&nginx, 10);
+        assert_eq!(
+            s.get("b3").copied(),
+            Some(10),
+            "{choose}: backup takes over: {s:?}"
+        );
+    }
 }
 
 /// Variables for `log_format`, and the Prometheus exposition.

@@ -130,7 +130,9 @@ impl Nginx {
     pub fn start(conf_template: &str) -> Nginx {
         let dir = TempDir::new("nginx");
         let port = free_port();
-        let conf = conf_template.replace("{port}", &port.to_string());
+        let conf = conf_template
+            .replace("{port}", &port.to_string())
+            .replace("{prefix}", &dir.path().display().to_string());
         std::fs::write(dir.path().join("nginx.conf"), &conf).expect("write nginx.conf");
         let child = Command::new(nginx_bin())
             .arg("-p")
