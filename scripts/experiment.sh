@@ -11,7 +11,8 @@
 #   scripts/experiment.sh --quick S1       8 s runs, 1 repetition, 30 s exploration
 #
 # Environment: DURATION (30s), REPS (3), EXPLORE (120s), NGINX, DEEP_SCHED=0,
-# RESULTS (results). deep_sched is evaluated when build/sbin/nginx,
+# RESULTS (results), LEARN_ARGS (extra `deep-sched learn` arguments, e.g.
+# "--states auto"). deep_sched is evaluated when build/sbin/nginx,
 # build/modules/ngx_http_deep_sched_module.so and the learner exist
 # (scripts/build.sh); otherwise only nginx's own balancers run.
 # Time: about (4 or 5 balancers) x REPS x (DURATION + 2 s) + EXPLORE per
@@ -39,4 +40,5 @@ if [[ ${args[0]} == distribution ]]; then
     exec target/release/deep-sched-lab distribution --nginx "$NGINX" --results "${RESULTS:-results}" "${args[@]:1}"
 fi
 exec target/release/deep-sched-lab run "${args[@]}" --nginx "$NGINX" --results "${RESULTS:-results}" \
-    --duration "$duration" --reps "$reps" --explore "$explore" "${MODULE_ARGS[@]}"
+    --duration "$duration" --reps "$reps" --explore "$explore" "${MODULE_ARGS[@]}" \
+    ${LEARN_ARGS:+$(printf -- '--learn-arg=%s ' $LEARN_ARGS)}

@@ -313,6 +313,8 @@ pub struct Settings {
     pub seed: u64,
     /// Balancers to evaluate by name (empty: all available).
     pub only: Vec<String>,
+    /// Extra arguments for `deep-sched learn` (e.g. `--states auto`).
+    pub learn_args: Vec<String>,
 }
 
 /// Errors of the experiment runner.
@@ -474,7 +476,7 @@ pub fn run_once(
         })
         .collect();
     let decisions = match balancer {
-        Balancer::DeepSched { log: Some(l), .. } => Some(l.clone()),
+        Balancer::DeepSched { log: Some(l), .. } => written_log(l),
         _ => None,
     };
     Ok(RunResult {
@@ -525,7 +527,7 @@ pub fn explore(
         settings.explore,
         &scenario.peer_ports(),
     )?;
-    if std::fs::metadata(&samples).map_or(true, |m| m.len() == 0) {
+    let Some(samples) = written_log(&samples) else {
         let found = std::fs::read_dir(&dir)
             .map(|d| {
                 d.flatten()
@@ -539,8 +541,41 @@ pub fn explore(
             path: samples,
             found,
         });
-    }
+    };
     Ok((samples, run))
+}
+
+/// The non-empty log nginx wrote for `log=PATH`: `PATH` itself, or else the
+/// one file in its directory whose name starts with `PATH`'s name (with a
+/// warning). The fallback tolerates a module that passes the path to
+/// `ngx_conf_open_file` without a terminating NUL, so that the file name
+/// gets whatever bytes follow it; remove it once no build does that.
+pub fn written_log(path: &Path) -> Option<PathBuf> {
+    let non_empty = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
+    if non_empty(path) {
+        return Some(path.to_path_buf());
+    }
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(path.parent()?)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&name))
+                && non_empty(p)
+        })
+        .collect();
+    if candidates.len() != 1 {
+        return None;
+    }
+    let found = candidates.remove(0);
+    eprintln!(
+        "warning: nginx wrote {} instead of {} (the module's log= path is not NUL-terminated)",
+        found.display(),
+        path.display()
+    );
+    Some(found)
 }
 
 /// Exploration run and `deep-sched learn` on its samples; returns the
@@ -560,7 +595,8 @@ pub fn explore_and_learn(
         .arg("--out")
         .arg(&policy)
         .arg("--seed")
-        .arg(settings.seed.to_string());
+        .arg(settings.seed.to_string())
+        .args(&settings.learn_args);
     let command = format!("{cmd:?}");
     eprintln!("{}: learning: {command}", scenario.id);
     let out = cmd.output().map_err(|e| ExperimentError::Learn {
@@ -572,8 +608,9 @@ pub fn explore_and_learn(
     std::fs::create_dir_all(&results).map_err(io_err(&results))?;
     let log = results.join("learn.txt");
     let text = format!(
-        "$ deep-sched learn --samples explore.samples.jsonl --out policy.json --seed {}\n{}{}",
+        "$ deep-sched learn --samples explore.samples.jsonl --out policy.json --seed {} {}\n{}{}",
         settings.seed,
+        settings.learn_args.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -885,6 +922,22 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn written_log_prefers_the_exact_path_and_else_one_prefixed_file() {
+        let dir = std::env::temp_dir().join(format!("lab-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let want = dir.join("x.jsonl");
+        assert_eq!(written_log(&want), None);
+        std::fs::write(dir.join("x.jsonlgarbage"), "{}\n").unwrap();
+        assert_eq!(written_log(&want), Some(dir.join("x.jsonlgarbage")));
+        std::fs::write(&want, "{}\n").unwrap();
+        assert_eq!(written_log(&want), Some(want.clone()));
+        std::fs::remove_file(&want).unwrap();
+        std::fs::write(dir.join("x.jsonl2"), "{}\n").unwrap();
+        assert_eq!(written_log(&want), None, "ambiguous");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -57,6 +57,7 @@ fn settings(tag: &str) -> Option<(Settings, tempdir::Dir)> {
             results_dir: work.0.join("results"),
             seed: 5,
             only: Vec::new(),
+            learn_args: Vec::new(),
         },
         work,
     ))

@@ -81,6 +81,10 @@ enum Cmd {
         /// random_two_least_conn, hash_consistent, deep_sched).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Extra argument for `deep-sched learn`, repeatable
+        /// (`--learn-arg=--states --learn-arg=auto`).
+        #[arg(long = "learn-arg", allow_hyphen_values = true)]
+        learn_args: Vec<String>,
     },
     /// Only the exploration run of a scenario (`deep_sched explore`):
     /// writes its sample log, for the learner.
@@ -156,6 +160,7 @@ fn settings(common: &Common) -> anyhow::Result<Settings> {
         results_dir: common.results.clone(),
         seed: common.seed,
         only: Vec::new(),
+        learn_args: Vec::new(),
     })
 }
 
@@ -200,6 +205,7 @@ fn main() -> anyhow::Result<()> {
             learner,
             explore,
             only,
+            learn_args,
         } => {
             let chosen: Vec<Scenario> = if scenarios.iter().any(|s| s == "all") {
                 Scenario::all()
@@ -225,6 +231,7 @@ fn main() -> anyhow::Result<()> {
                 learner: learner.map(abs),
                 explore,
                 only,
+                learn_args,
                 ..settings(&common)?
             };
             let version = nginx_version(&settings.nginx);
