@@ -5,13 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 cargo bench -p deep-sched-core --bench core -- --warm-up-time 2 --measurement-time "$secs" >/dev/null
 row() { # $1 = criterion id (dir under target/criterion), $2 = label, $3 = target
     python3 - "$1" "$2" "$3" <<'PY'
-import json, sys
+import json, os, sys
 cid, label, target = sys.argv[1:4]
-e = json.load(open(f"target/criterion/{cid}/new/estimates.json"))["median"]
+e = json.load(open(f"{os.environ.get('CARGO_TARGET_DIR', 'target')}/criterion/{cid}/new/estimates.json"))["median"]
 def fmt(ns):
+    if ns >= 1e6:
+        return f"{ns/1e6:.2f} ms"
     return f"{ns/1000:.2f} µs" if ns >= 1000 else f"{ns:.1f} ns"
 print(f"| {label} | {fmt(e['point_estimate'])} | {fmt(e['confidence_interval']['lower_bound'])} – {fmt(e['confidence_interval']['upper_bound'])} | {target} |")
 PY
@@ -19,8 +22,9 @@ PY
 section=$(cat <<MD
 ## core
 
-Command: \`scripts/bench-core.sh $secs\` ($(date -u +%Y-%m-%d), $(nproc) cores, shared machine; default
-x86-64 target, no \`target-cpu=native\`). criterion median and its 95% interval.
+Command: \`scripts/bench-core.sh $secs\` ($(date -u +%Y-%m-%d), $(nproc) cores, shared machine, load
+average $load_before before the run; default x86-64 target, no \`target-cpu=native\`).
+criterion median and its 95% interval; on a busy machine the medians are upper bounds.
 
 | what | median | 95% interval | target |
 | --- | ---: | ---: | --- |
