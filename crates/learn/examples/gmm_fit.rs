@@ -7,6 +7,7 @@
 //! `FILE` holds `n × D` little-endian `f64`, row-major (numpy's
 //! `x.astype('<f8').tofile(FILE)`).
 
+use std::io::Read;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -37,18 +38,24 @@ fn main() -> anyhow::Result<()> {
         .context("MAX_ITER")?;
     let seed: u64 = args.get(6).map_or(Ok(0), |s| s.parse()).context("SEED")?;
 
-    let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-    if d == 0 || bytes.len() % (8 * d) != 0 {
-        bail!(
-            "{path}: {} bytes is not a whole number of rows of {d} f64",
-            bytes.len()
-        );
+    // Read straight into the matrix, so the file is not held twice.
+    let file = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("reading {path}"))?
+        .len() as usize;
+    if d == 0 || len % (8 * d) != 0 {
+        bail!("{path}: {len} bytes is not a whole number of rows of {d} f64");
     }
-    let x: Vec<f64> = bytes
-        .chunks_exact(8)
-        .map(|b| f64::from_le_bytes(b.try_into().expect("chunks of 8")))
-        .collect();
-    drop(bytes);
+    let mut reader = std::io::BufReader::new(file);
+    let mut x = Vec::with_capacity(len / 8);
+    let mut b = [0u8; 8];
+    for _ in 0..len / 8 {
+        reader
+            .read_exact(&mut b)
+            .with_context(|| format!("reading {path}"))?;
+        x.push(f64::from_le_bytes(b));
+    }
     let n = x.len() / d;
     let params = GmmParams::new(k)
         .covariance(kind)

@@ -271,30 +271,39 @@ fn m_step(
 /// Chunk size of the parallel passes (fixed, so the floating-point sums
 /// are the same whatever the number of threads).
 const CHUNK: usize = 1024;
+/// Chunks whose statistics are held at once before they are summed (in
+/// chunk order): bounds the pass's memory (`K·D²` per chunk for full
+/// covariances) whatever the number of samples.
+const CHUNKS_PER_BLOCK: usize = 32;
 
 /// One E-step pass: sufficient statistics under `model`.
 fn e_pass(x: &[f64], d: usize, model: &Gmm, kind: CovarianceKind) -> Stats {
     let k = model.k();
-    x.par_chunks(CHUNK * d)
-        .map(|chunk| {
-            let mut st = Stats::new(k, d, kind);
-            let mut out = vec![0.0; k];
-            let mut scratch = vec![0.0; model.scratch_len()];
-            for xi in chunk.chunks_exact(d) {
-                let ll = model.weighted_log_densities(xi, &mut out, &mut scratch);
-                st.ll += ll;
-                for (c, lw) in out.iter().enumerate() {
-                    let r = (lw - ll).exp();
-                    if r > 1e-10 {
-                        st.accumulate(xi, c, r, kind);
-                    }
+    let chunk_stats = |chunk: &[f64]| {
+        let mut st = Stats::new(k, d, kind);
+        let mut out = vec![0.0; k];
+        let mut scratch = vec![0.0; model.scratch_len()];
+        for xi in chunk.chunks_exact(d) {
+            let ll = model.weighted_log_densities(xi, &mut out, &mut scratch);
+            st.ll += ll;
+            for (c, lw) in out.iter().enumerate() {
+                let r = (lw - ll).exp();
+                if r > 1e-10 {
+                    st.accumulate(xi, c, r, kind);
                 }
             }
-            st
+        }
+        st
+    };
+    x.chunks(CHUNK * CHUNKS_PER_BLOCK * d)
+        .fold(Stats::new(k, d, kind), |total, block| {
+            block
+                .par_chunks(CHUNK * d)
+                .map(chunk_stats)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .fold(total, Stats::add)
         })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .fold(Stats::new(k, d, kind), Stats::add)
 }
 
 /// Squared Euclidean distance.
