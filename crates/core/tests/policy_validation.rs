@@ -395,3 +395,40 @@ fn documents_built_in_memory_refuse_non_finite_numbers() {
         assert!(e.problem.contains("not a finite number"), "{name}: {e}");
     }
 }
+
+proptest::proptest! {
+    /// Any prefix of a valid file is refused, with the line and column
+    /// where the text ends.
+    #[test]
+    fn every_truncation_is_refused_with_a_position(cut in 0.0f64..1.0) {
+        let text = good().to_string();
+        let mut at = (cut * text.len() as f64) as usize;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let e = Policy::from_json_str(&text[..at], "cut.json").unwrap_err();
+        let msg = e.to_string();
+        proptest::prop_assert!(msg.starts_with("policy \"cut.json\": at "), "{}", msg);
+        proptest::prop_assert!(
+            msg.contains("the file is empty") || msg.contains("ends early") && msg.contains("line 1 column"),
+            "{}", msg
+        );
+    }
+
+    /// One character replaced anywhere never panics: the file is accepted
+    /// or refused with a message.
+    #[test]
+    fn corrupted_files_never_panic(pos in 0.0f64..1.0, c in proptest::sample::select(vec!['{', '}', '[', ']', ',', ':', '"', '-', '0', '9', 'e', 'x', ' '])) {
+        let text = good().to_string();
+        let mut at = (pos * text.len() as f64) as usize;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let mut bad = text[..at].to_owned();
+        bad.push(c);
+        bad.push_str(text[at..].get(1..).unwrap_or(""));
+        if let Err(e) = Policy::from_json_str(&bad, "x.json") {
+            proptest::prop_assert!(!e.problem.is_empty() && !e.path.is_empty(), "{}", e);
+        }
+    }
+}
