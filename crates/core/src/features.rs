@@ -103,6 +103,9 @@ pub struct FeatureSpec {
     /// Upstream index in the agent.
     pub upstream: usize,
     /// Peer index in the upstream; `None` for the upstream as a whole.
+    // Required, though it may be `null` (serde would take a missing
+    // Option as None; the schema and DESIGN.md require the key).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub peer: Option<usize>,
     /// What is measured.
     pub metric: Metric,

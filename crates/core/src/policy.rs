@@ -159,6 +159,9 @@ pub struct PolicyDocument {
     pub default_action: usize,
     /// Below this total log-likelihood an observation is out of distribution
     /// (`null`: never).
+    // Required, though it may be `null` (serde would take a missing
+    // Option as None; the schema and DESIGN.md require the key).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub ood_log_likelihood: Option<f64>,
     /// Per-state scaling advice.
     #[serde(default, skip_serializing_if = "Option::is_none")]

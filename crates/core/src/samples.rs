@@ -58,13 +58,18 @@ pub struct SampleRecord {
     /// default set without a policy).
     pub features: Vec<f64>,
     /// GMM state (`null` without a policy).
+    // Required, though it may be `null` (serde would take a missing
+    // Option as None; the schema and DESIGN.md require the key).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub state: Option<usize>,
     /// `ln p(features)` under the policy's GMM.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub log_likelihood: Option<f64>,
     /// The observation was out of distribution (default action used).
     #[serde(default)]
     pub ood: bool,
     /// Action index in the policy (`null` outside a policy's action set).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub action: Option<usize>,
     /// The new weights, `weights[u][p]`.
     pub weights: Vec<Vec<u32>>,
