@@ -178,7 +178,10 @@ impl Decider {
                             .classify_with(&features, &mut self.scores, &mut self.scratch);
                     state = Some(s);
                     log_likelihood = Some(ll);
-                    ood = policy.ood_log_likelihood().is_some_and(|t| ll < t);
+                    // A likelihood that is not finite (features so far out
+                    // that the quadratic form overflows) says nothing about
+                    // the state: out of distribution even without a threshold.
+                    ood = !ll.is_finite() || policy.ood_log_likelihood().is_some_and(|t| ll < t);
                     if ood {
                         policy.default_action()
                     } else {
@@ -373,6 +376,33 @@ mod tests {
         );
         assert!(!near.ood);
         assert_eq!(near.action, Some(1));
+    }
+
+    #[test]
+    fn an_overflowing_likelihood_is_out_of_distribution_without_a_threshold() {
+        // std 1e-300: finite features near 1e300, whose squares overflow.
+        let mut doc = slow_peer_policy(None).to_document();
+        doc.standardization.std = vec![1e-300; 3];
+        doc.default_action = 1;
+        let policy = Arc::new(doc.validate("tiny-std").unwrap());
+        let mut d = decider(Mode::Policy {
+            policy,
+            epsilon: 0.0,
+        });
+        let mut rng = SmallRng::seed_from_u64(1);
+        let x = d.decide(
+            &zero(),
+            &counters([6, 6, 6], 100),
+            1000,
+            &[vec![1, 1, 1]],
+            1,
+            1,
+            &mut rng,
+        );
+        assert!(x.features.iter().all(|f| f.is_finite()));
+        assert_eq!(x.log_likelihood, Some(f64::NEG_INFINITY));
+        assert!(x.ood);
+        assert_eq!(x.action, Some(1), "the default action, not table[0]");
     }
 
     #[test]
