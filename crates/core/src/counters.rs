@@ -323,22 +323,97 @@ mod tests {
             })
     }
 
+    /// Every counter of `c` as one list (the gauge `inflight` excluded).
+    fn cumulative_fields(c: &PeerCounters) -> Vec<u64> {
+        let mut v = vec![
+            c.requests,
+            c.in_bytes,
+            c.out_bytes,
+            c.failures,
+            c.response_msec,
+        ];
+        v.extend(c.responses);
+        v.extend(c.latency_hist);
+        v
+    }
+
+    /// `cur` and an earlier snapshot: `cur` minus random amounts, or (a
+    /// third of the time) an unrelated snapshot, as after a zone reset.
+    fn snapshot_pair() -> impl Strategy<Value = (PeerCounters, PeerCounters)> {
+        (counters(), counters(), any::<u64>(), 0u8..3).prop_map(|(cur, other, seed, kind)| {
+            if kind == 0 {
+                return (cur, other);
+            }
+            let mut prev = cur;
+            // Deterministic per-field decrements from the seed.
+            let mut r = seed | 1;
+            let mut dec = |x: u64| {
+                r ^= r << 13;
+                r ^= r >> 7;
+                r ^= r << 17;
+                x - r % (x + 1)
+            };
+            prev.requests = dec(prev.requests);
+            prev.in_bytes = dec(prev.in_bytes);
+            prev.out_bytes = dec(prev.out_bytes);
+            prev.failures = dec(prev.failures);
+            prev.response_msec = dec(prev.response_msec);
+            prev.responses = prev.responses.map(&mut dec);
+            prev.latency_hist = prev.latency_hist.map(&mut dec);
+            prev.inflight = 7;
+            (cur, prev)
+        })
+    }
+
+    /// The bounds `[lo, hi]` of the bucket that holds the `q`-quantile:
+    /// the first non-empty bucket whose cumulative count reaches `q·total`.
+    fn quantile_bucket_bounds(hist: &[u64; LATENCY_BUCKETS], q: f64) -> (f64, f64) {
+        let total: u64 = hist.iter().sum();
+        let mut seen = 0;
+        for (i, &n) in hist.iter().enumerate() {
+            seen += n;
+            if n > 0 && seen as f64 >= q * total as f64 {
+                let lo = if i == 0 { 0 } else { LATENCY_BOUNDS_MS[i - 1] };
+                let hi = LATENCY_BOUNDS_MS.get(i).copied().unwrap_or(2 * lo);
+                return (lo as f64, hi as f64);
+            }
+        }
+        unreachable!("q <= 1 is reached by the last non-empty bucket")
+    }
+
     proptest! {
         #[test]
-        fn since_never_underflows(a in counters(), b in counters()) {
-            let d = a.since(&b);
-            // Either a true delta (a >= b everywhere) or the reset case.
-            prop_assert!(d == a || d.requests == a.requests - b.requests);
-            prop_assert!(d.requests <= a.requests);
+        fn since_is_the_delta_or_a_restart((cur, prev) in snapshot_pair()) {
+            let d = cur.since(&prev);
+            let (c, p, got) = (cumulative_fields(&cur), cumulative_fields(&prev), cumulative_fields(&d));
+            if c.iter().zip(&p).all(|(c, p)| c >= p) {
+                for ((c, p), got) in c.iter().zip(&p).zip(&got) {
+                    prop_assert_eq!(*got, c - p);
+                }
+            } else {
+                // A counter went backwards: everything since the restart.
+                prop_assert_eq!(got, c);
+            }
+            prop_assert_eq!(d.inflight, cur.inflight, "the gauge is the current value");
         }
 
         #[test]
-        fn percentiles_are_monotone_and_bounded(hist in prop::array::uniform30(0u64..50), q1 in 0.0f64..1.0, q2 in 0.0f64..1.0) {
-            let (lo, hi) = if q1 <= q2 { (q1, q2) } else { (q2, q1) };
-            let (a, b) = (percentile(&hist, lo), percentile(&hist, hi));
-            prop_assert!(a <= b + 1e-9, "{a} > {b}");
-            prop_assert!(a >= 0.0);
-            prop_assert!(b <= 2.0 * 10_000.0);
+        fn percentiles_are_monotone_and_inside_their_bucket(
+            hist in prop::array::uniform30(0u64..50),
+            q1 in 0.0f64..=1.0,
+            q2 in 0.0f64..=1.0,
+        ) {
+            let (lo_q, hi_q) = if q1 <= q2 { (q1, q2) } else { (q2, q1) };
+            let (a, b) = (percentile(&hist, lo_q), percentile(&hist, hi_q));
+            prop_assert!(a <= b + 1e-9, "p({lo_q}) = {a} > p({hi_q}) = {b}");
+            if hist.iter().sum::<u64>() == 0 {
+                prop_assert_eq!((a, b), (0.0, 0.0));
+            } else {
+                for (q, v) in [(lo_q, a), (hi_q, b)] {
+                    let (lo, hi) = quantile_bucket_bounds(&hist, q);
+                    prop_assert!(lo <= v && v <= hi, "p({q}) = {v} outside [{lo}, {hi}]");
+                }
+            }
         }
     }
 }
