@@ -563,14 +563,17 @@ impl Policy {
         doc.validate(source_name)
     }
 
-    /// Reads and validates a policy file (the core's only I/O).
-    pub fn load(path: &str) -> Result<Policy, PolicyError> {
+    /// Reads and validates a policy file (the core's only I/O); errors name
+    /// the file as given.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Policy, PolicyError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-            source_name: path.to_owned(),
+            source_name: name.clone(),
             path: "$".into(),
             problem: format!("cannot read the file: {e}"),
         })?;
-        Self::from_json_str(&text, path)
+        Self::from_json_str(&text, &name)
     }
 
     /// The file (or name) the policy was read from.
@@ -678,5 +681,22 @@ impl Policy {
             ));
         }
         Ok(u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_reads_a_path_and_names_it_in_errors() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/examples");
+        let p = Policy::load(dir.join("three-peers.json")).unwrap();
+        assert!(p.source_name().ends_with("three-peers.json"));
+        let missing = dir.join("no-such-policy.json");
+        let e = Policy::load(&missing).unwrap_err();
+        assert_eq!(e.source_name, missing.display().to_string());
+        assert_eq!(e.path, "$");
+        assert!(e.problem.starts_with("cannot read the file: "), "{e}");
     }
 }
