@@ -26,7 +26,7 @@ if [[ ${#MODULE_ARGS[@]} -eq 0 ]]; then
 fi
 target/release/deep-sched-lab run S2 --nginx "$NGINX" --results "$out" \
     --duration "$duration" --reps "$reps" --explore "$explore" \
-    --only round_robin,least_conn,deep_sched "${MODULE_ARGS[@]}"
+    --only round_robin,least_conn,deep_sched,deep_sched_p2c "${MODULE_ARGS[@]}"
 
 report="$out/S2/report.md"
 echo

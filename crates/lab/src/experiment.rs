@@ -651,7 +651,13 @@ pub fn run_scenario(
     let mut balancers = builtin_balancers();
     if let (Some(_), Some(learner)) = (&settings.module, &settings.learner) {
         let policy = explore_and_learn(scenario, settings, learner)?;
-        balancers.push(Balancer::DeepSched { policy, log: None });
+        for p2c in [false, true] {
+            balancers.push(Balancer::DeepSched {
+                policy: policy.clone(),
+                log: None,
+                p2c,
+            });
+        }
     }
     if !settings.only.is_empty() {
         balancers.retain(|b| settings.only.iter().any(|n| n == b.name()));
@@ -660,14 +666,15 @@ pub fn run_scenario(
     for rep in 0..settings.reps {
         for b in &balancers {
             let b = match b {
-                Balancer::DeepSched { policy, .. } => Balancer::DeepSched {
+                Balancer::DeepSched { policy, p2c, .. } => Balancer::DeepSched {
                     policy: policy.clone(),
                     log: Some(
                         settings
                             .work_dir
                             .join(scenario.id)
-                            .join(format!("deep_sched-{rep}.decisions.jsonl")),
+                            .join(format!("{}-{rep}.decisions.jsonl", b.name())),
                     ),
+                    p2c: *p2c,
                 },
                 other => other.clone(),
             };

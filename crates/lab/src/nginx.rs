@@ -33,12 +33,15 @@ pub enum Balancer {
         /// Decision interval, ms.
         interval_ms: u64,
     },
-    /// `deep_sched POLICY [log=...];`.
+    /// `deep_sched POLICY [choose=p2c] [log=...];`.
     DeepSched {
         /// Policy file.
         policy: PathBuf,
         /// Optional sample log of the decisions (for the state timeline).
         log: Option<PathBuf>,
+        /// `choose=p2c` (the less loaded of two weighted draws) instead of
+        /// smooth weighted round robin.
+        p2c: bool,
     },
 }
 
@@ -51,7 +54,8 @@ impl Balancer {
             Balancer::RandomTwo => "random_two_least_conn",
             Balancer::HashConsistent => "hash_consistent",
             Balancer::DeepSchedExplore { .. } => "deep_sched_explore",
-            Balancer::DeepSched { .. } => "deep_sched",
+            Balancer::DeepSched { p2c: false, .. } => "deep_sched",
+            Balancer::DeepSched { p2c: true, .. } => "deep_sched_p2c",
         }
     }
 
@@ -66,10 +70,17 @@ impl Balancer {
                 "deep_sched explore interval={interval_ms}ms log={};",
                 log.display()
             ),
-            Balancer::DeepSched { policy, log } => match log {
-                Some(log) => format!("deep_sched {} log={};", policy.display(), log.display()),
-                None => format!("deep_sched {};", policy.display()),
-            },
+            Balancer::DeepSched { policy, log, p2c } => {
+                let choose = if *p2c { " choose=p2c" } else { "" };
+                match log {
+                    Some(log) => format!(
+                        "deep_sched {}{choose} log={};",
+                        policy.display(),
+                        log.display()
+                    ),
+                    None => format!("deep_sched {}{choose};", policy.display()),
+                }
+            }
         }
     }
 
@@ -386,6 +397,13 @@ mod tests {
             "deep_sched explore interval=1000ms log=/tmp/s.jsonl;"
         );
         assert!(b.needs_module() && !Balancer::LeastConn.needs_module());
+        let p = Balancer::DeepSched {
+            policy: "/p.json".into(),
+            log: Some("/d.jsonl".into()),
+            p2c: true,
+        };
+        assert_eq!(p.directive(), "deep_sched /p.json choose=p2c log=/d.jsonl;");
+        assert_eq!(p.name(), "deep_sched_p2c");
         let mut c = conf(b);
         c.module = Some("/m/ngx_http_deep_sched_module.so".into());
         assert!(c

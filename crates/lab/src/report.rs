@@ -207,10 +207,14 @@ fn render_markdown(
             best.p99_ms,
             best.p99_ms - best.floor_p99_ms
         );
-        if let Some(ds) = summaries.iter().find(|s| s.balancer == "deep_sched") {
+        for ds in summaries
+            .iter()
+            .filter(|s| s.balancer.starts_with("deep_sched"))
+        {
             let _ = writeln!(
                 md,
-                "deep_sched: p99 {:.1} ms = {:.2} x the best built-in; excess over the floor {:.1} ms = {:.2} x the best built-in's; {:.0} vs {:.0} failed requests.",
+                "{}: p99 {:.1} ms = {:.2} x the best built-in; excess over the floor {:.1} ms = {:.2} x the best built-in's; {:.0} vs {:.0} failed requests.",
+                ds.balancer,
                 ds.p99_ms,
                 ds.p99_ms / best.p99_ms.max(1e-9),
                 ds.p99_ms - ds.floor_p99_ms,
@@ -628,15 +632,16 @@ Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
     );
     let _ = writeln!(
         md,
-        "| scenario | floor | round robin | least_conn | random two least_conn | hash consistent | deep_sched | target for deep_sched | met |"
+        "| scenario | floor | round robin | least_conn | random two least_conn | hash consistent | deep_sched | deep_sched choose=p2c | target for deep_sched | met (wrr / p2c) |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|---|");
     let names = [
         "round_robin",
         "least_conn",
         "random_two_least_conn",
         "hash_consistent",
         "deep_sched",
+        "deep_sched_p2c",
     ];
     for id in ["S1", "S2", "S3", "S4", "S5", "S6"] {
         let path = results_dir.join(id).join("summary.json");
@@ -669,23 +674,26 @@ Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
         };
         let builtins: Vec<&BalancerSummary> = summaries
             .iter()
-            .filter(|s| s.balancer != "deep_sched")
+            .filter(|s| !s.balancer.starts_with("deep_sched"))
             .collect();
         let best = builtins.iter().min_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
         let floor = median(&summaries.iter().map(|s| s.floor_p99_ms).collect::<Vec<_>>());
         let fewest = builtins.iter().map(|s| s.errors).fold(f64::MAX, f64::min);
         let (target, met) = match (best, Target::of(id)) {
             (Some(best), Some(t)) => {
-                let met = summaries
-                    .iter()
-                    .find(|s| s.balancer == "deep_sched")
-                    .map_or("not measured yet".to_string(), |ds| {
-                        if t.met(ds, best.p99_ms, floor, fewest) {
-                            "yes".into()
-                        } else {
-                            "**no**".into()
-                        }
-                    });
+                let met_by = |name: &str| {
+                    summaries
+                        .iter()
+                        .find(|s| s.balancer == name)
+                        .map_or("—".to_string(), |ds| {
+                            if t.met(ds, best.p99_ms, floor, fewest) {
+                                "yes".into()
+                            } else {
+                                "**no**".into()
+                            }
+                        })
+                };
+                let met = format!("{} / {}", met_by("deep_sched"), met_by("deep_sched_p2c"));
                 (
                     format!(
                         "best built-in {}: {}",
@@ -775,7 +783,7 @@ mod tests {
             row.contains("best built-in least_conn: p99 ≤ 0.8 x best = 60.8 ms"),
             "{row}"
         );
-        assert!(row.ends_with("| yes |"), "{row}");
+        assert!(row.ends_with("| yes / — |"), "{row}");
         assert!(md.contains("`scripts/experiment.sh S3`"));
     }
 }
