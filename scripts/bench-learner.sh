@@ -67,6 +67,7 @@ print(json.dumps({"n": x.shape[0], "fit_seconds": secs, "iterations": int(gm.n_i
 PY
 
 cargo build --release -q -p deep-sched-learn --example gmm_fit
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 ours=target/release/examples/gmm_fit
 
 : > "$work/small.jsonl"
@@ -83,9 +84,10 @@ else
     rm -f "$work/large-sk.json" "$work/large-sk.time"
 fi
 
-section=$("$py" - "$work" "$rounds" "$n_large" "$(nproc)" "$(date -u +%Y-%m-%d)" "${BENCH_SKLEARN_1M:-0}" "$("$py" -c 'import sklearn; print(sklearn.__version__)')" <<'PY'
+load=$(cut -d' ' -f1-3 /proc/loadavg)
+section=$("$py" - "$work" "$rounds" "$n_large" "$(nproc)" "$(date -u +%Y-%m-%d)" "${BENCH_SKLEARN_1M:-0}" "$("$py" -c 'import sklearn; print(sklearn.__version__)')" "$load_before" "$load" <<'PY'
 import json, os, re, statistics as st, sys
-work, rounds, n_large, cores, day, sk1m, skver = sys.argv[1:8]
+work, rounds, n_large, cores, day, sk1m, skver, load0, load1 = sys.argv[1:10]
 runs = [json.loads(l) for l in open(f"{work}/small.jsonl")]
 def col(who, key):
     return [r["r"][key] for r in runs if r["who"] == who]
@@ -100,7 +102,7 @@ f = lambda xs, p=3: f"{st.median(xs):.{p}f} ({min(xs):.{p}f}–{max(xs):.{p}f})"
 out = []
 out.append("## learner\n")
 out.append(f"Command: `scripts/bench-learner.sh {rounds}` ({day}, {cores} cores, shared machine; "
-           f"scikit-learn {skver}). GMM fit, K=27, full covariance, tol 1e-3, max_iter 100, reg_covar 1e-6, "
+           f"scikit-learn {skver}; load average {load0} before, {load1} after: other builds were running). GMM fit, K=27, full covariance, tol 1e-3, max_iter 100, reg_covar 1e-6, "
            "k-means init, one initialisation; time of the fit call including its initialisation, "
            "data already in memory. Data: a 27-component mixture in 27 dimensions, standardised "
            "(see the script). Median (min–max) over the rounds, ours and scikit-learn interleaved; "

@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         .metadata()
         .with_context(|| format!("reading {path}"))?
         .len() as usize;
-    if d == 0 || len % (8 * d) != 0 {
+    if d == 0 || !len.is_multiple_of(8 * d) {
         bail!("{path}: {len} bytes is not a whole number of rows of {d} f64");
     }
     let mut reader = std::io::BufReader::new(file);

@@ -194,7 +194,7 @@ pub fn learn(
             next: o.next_weights.clone(),
             inflight_per_peer: inflight / peers.max(1) as f64,
         });
-        if rows.len() % 10_000 == 0 {
+        if rows.len().is_multiple_of(10_000) {
             progress("read", rows.len(), 0.0);
         }
     };
@@ -397,6 +397,8 @@ pub fn learn(
         .collect();
     let mut actions = vec![neutral.clone()];
     let mut table = Vec::with_capacity(k);
+    // `s` indexes every upstream's choices `chosen[u][s]`.
+    #[allow(clippy::needless_range_loop)]
     for s in 0..k {
         let joint: Vec<Vec<u32>> = (0..nu)
             .map(|u| match chosen[u][s] {

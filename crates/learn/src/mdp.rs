@@ -215,6 +215,7 @@ impl Mdp {
         for _ in 0..max_iter {
             // Switch only on a strict improvement, so the loop ends.
             let mut changed = false;
+            #[allow(clippy::needless_range_loop)] // `s` indexes pi and the model
             for s in 0..self.states {
                 let Some(cur) = pi[s] else { continue };
                 let qc = self.q(s, cur, &v, gamma);

@@ -202,11 +202,14 @@ pub fn read_samples(
     Ok((shape, stats))
 }
 
+/// One vts peer: server, cumulative counters, weight.
+type VtsPeer = (String, PeerCounters, u32);
+
 /// One vts snapshot reduced to what the learner uses.
 struct VtsSnapshot {
     now_ms: u64,
     /// `(upstream, [(server, cumulative counters, weight)])`.
-    upstreams: Vec<(String, Vec<(String, PeerCounters, u32)>)>,
+    upstreams: Vec<(String, Vec<VtsPeer>)>,
 }
 
 fn vts_u64(v: &Value, key: &str) -> Result<u64, String> {
@@ -285,8 +288,7 @@ fn vts_delta(prev: &PeerCounters, cur: &PeerCounters) -> Option<PeerCounters> {
     }
     let mut d = cur.since(prev);
     d.latency_hist = [0; LATENCY_BUCKETS];
-    if d.requests > 0 {
-        let mean = d.response_msec / d.requests;
+    if let Some(mean) = d.response_msec.checked_div(d.requests) {
         d.latency_hist[deep_sched_core::counters::latency_bucket(mean)] = d.requests;
     }
     Some(d)

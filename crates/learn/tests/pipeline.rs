@@ -78,7 +78,7 @@ fn synth_learn_moves_weight_away_from_the_slow_peer() {
         Algorithm::QLearning,
         Algorithm::Bandit,
     ] {
-        let learned = learn(&[samples.clone()], &opts(8, algo), |_, _, _| {}).unwrap();
+        let learned = learn(std::slice::from_ref(&samples), &opts(8, algo), |_, _, _| {}).unwrap();
         let text = serde_json::to_string(&learned.policy).unwrap();
         let policy = Policy::from_json_str(&text, "learned").unwrap();
         let share = slow_peer_avoidance(&policy, &samples);
@@ -93,7 +93,7 @@ fn synth_learn_moves_weight_away_from_the_slow_peer() {
 fn same_inputs_and_seed_give_byte_identical_policies() {
     let samples = synth_file("det.jsonl", 800, 2);
     let a = learn(
-        &[samples.clone()],
+        std::slice::from_ref(&samples),
         &opts(6, Algorithm::ValueIteration),
         |_, _, _| {},
     )
@@ -227,7 +227,7 @@ fn bad_sample_records_name_file_line_and_reason() {
         let p = tmp(&format!("bad-{}.jsonl", name.replace(' ', "-")));
         // One good line first, so the bad one is line 2.
         std::fs::write(&p, format!("{line}\n{bad}\n")).unwrap();
-        let e = read_samples(&[p.clone()], false, |_| {})
+        let e = read_samples(std::slice::from_ref(&p), false, |_| {})
             .expect_err(name)
             .to_string();
         assert!(
@@ -254,7 +254,7 @@ fn bad_vts_snapshots_are_refused() {
     third["upstreamZones"]["backend"][0]["requestCounter"] = 1.into();
     let p = tmp("vts-backwards.jsonl");
     std::fs::write(&p, format!("{}\n{}\n{third}\n", lines[0], lines[1])).unwrap();
-    let e = read_vts(&[p.clone()], false, |_| {})
+    let e = read_vts(std::slice::from_ref(&p), false, |_| {})
         .unwrap_err()
         .to_string();
     assert!(
@@ -264,7 +264,7 @@ fn bad_vts_snapshots_are_refused() {
     // A snapshot without upstreamZones.
     let p = tmp("vts-nozones.jsonl");
     std::fs::write(&p, format!("{}\n{{\"nowMsec\": 5}}\n", lines[0])).unwrap();
-    let e = read_vts(&[p.clone()], false, |_| {})
+    let e = read_vts(std::slice::from_ref(&p), false, |_| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains(":2: ") && e.contains("upstreamZones"), "{e}");
