@@ -10,6 +10,12 @@
 set -euo pipefail
 want=(libclang-dev libpcre2-dev libssl-dev zlib1g-dev pkg-config make gcc wrk python3-venv
       debootstrap nginx nginx-dev procps curl)
+# The schema tests validate with Python's reference jsonschema implementation
+# (for the python3 on PATH, which may not be Debian's).
+if ! python3 -c 'import jsonschema' >/dev/null 2>&1; then
+    echo "deps.sh: installing the jsonschema Python package"
+    python3 -m pip install --quiet jsonschema || pip3 install --quiet jsonschema
+fi
 missing=()
 for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,8 +13,13 @@
 //!
 //! **Conservatism.** Only actions taken at least `min_visits` times in a
 //! state may be chosen there; a state where none qualifies (or an
-//! observation out of distribution) gets action 0, equal weights — the
-//! same as nginx's round robin.
+//! observation out of distribution) gets action 0, the fallback: per
+//! upstream the weights with the best mean reward over the whole log
+//! (equal weights when nothing was tried often enough).
+//!
+//! **Few samples.** A state needs data: with fewer than 10 intervals per
+//! requested state, K is lowered to `n / 10` (at least 2) and the summary
+//! says so.
 
 use std::path::PathBuf;
 
@@ -247,7 +252,10 @@ pub fn learn(
             .check(n)
     };
     let gmm = match opts.states {
-        States::Fixed(k) => fit(&xs, d, &params(k)?, |it, ll| progress("em", it, ll)),
+        States::Fixed(k) => {
+            let k = k.min((n / 10).max(2));
+            fit(&xs, d, &params(k)?, |it, ll| progress("em", it, ll))
+        }
         States::Auto => {
             let mut best: Option<FittedGmm> = None;
             for k in AUTO_STATES.into_iter().filter(|&k| k * 5 <= n) {
@@ -389,11 +397,28 @@ pub fn learn(
         chosen.push(pi);
     }
 
-    // Joint actions: action 0 is equal weights (nginx's round robin).
-    let neutral: Vec<Vec<u32>> = shape
-        .upstreams
-        .iter()
-        .map(|u| vec![1; u.peers.len()])
+    // Action 0, the fallback (states without an allowed action, and
+    // observations out of distribution): per upstream, the weight vector
+    // with the best mean reward over all logged transitions among those
+    // tried at least `min_visits` times; equal weights if none qualifies.
+    let neutral: Vec<Vec<u32>> = (0..nu)
+        .map(|u| {
+            let na = action_sets[u].len();
+            let mut sum = vec![0.0; na];
+            let mut cnt = vec![0u64; na];
+            for t in &per_upstream[u] {
+                sum[t.a] += t.r;
+                cnt[t.a] += 1;
+            }
+            let mean = |a: usize| sum[a] / cnt[a] as f64;
+            (0..na)
+                .filter(|&a| cnt[a] >= opts.min_visits.max(1))
+                .max_by(|&a, &b| mean(a).total_cmp(&mean(b)).then(b.cmp(&a)))
+                .map_or_else(
+                    || vec![1; shape.upstreams[u].peers.len()],
+                    |a| action_sets[u][a].clone(),
+                )
+        })
         .collect();
     let mut actions = vec![neutral.clone()];
     let mut table = Vec::with_capacity(k);
@@ -502,6 +527,15 @@ pub fn learn(
         gmm.mean_log_likelihood().into(),
     );
     provenance.insert("bic".into(), gmm.bic().into());
+    // The EM learning curve, for `deep-sched report`.
+    provenance.insert(
+        "em_log_likelihood".into(),
+        gmm.curve
+            .iter()
+            .map(|x| serde_json::Value::from(*x))
+            .collect::<Vec<_>>()
+            .into(),
+    );
     let policy = PolicyDocument {
         format: POLICY_FORMAT.into(),
         version: POLICY_VERSION,
