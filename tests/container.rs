@@ -167,6 +167,17 @@ impl Stack {
     }
 }
 
+/// The status once the agent has decided at least once (the first decision
+/// comes two intervals after the workers start: the first tick only takes
+/// the baseline).
+fn after_first_decision(n: &NginxContainer) -> Value {
+    wait_for(Duration::from_secs(10), || {
+        let st = n.status();
+        (!agent(&st)["state"].is_null()).then_some(st)
+    })
+    .unwrap_or_else(|| panic!("no decision in 10 s:\n{}", n.logs()))
+}
+
 fn agent(st: &Value) -> &Value {
     &st["agents"][0]
 }
@@ -202,7 +213,7 @@ fn container_balances_and_reports_status() {
             vec![30, 30, 30],
             "{seen:?}"
         );
-        let st = s.nginx.status();
+        let st = after_first_decision(&s.nginx);
         assert_eq!(agent(&st)["mode"], "policy", "{st}");
         assert_eq!(agent(&st)["state"], 0, "{st}");
         assert_eq!(peer_field(&st, "weight"), vec![1, 1, 1], "{st}");
@@ -261,13 +272,8 @@ fn fault_under_load(test: &str, fault: impl FnOnce(&Stack)) {
     let s = Stack::start(test);
     let load = Load::start(s.nginx.addr, READ, 6, Duration::from_millis(2));
     load.wait_requests(200, Duration::from_secs(30));
-    let st = s.nginx.status();
-    assert_eq!(
-        agent(&st)["state"],
-        0,
-        "all serve before the fault: {st}\n{}",
-        s.nginx.logs()
-    );
+    let st = after_first_decision(&s.nginx);
+    assert_eq!(agent(&st)["state"], 0, "all serve before the fault: {st}");
 
     fault(&s);
     let seq_at_fault = agent(&s.nginx.status())["decisions"]
