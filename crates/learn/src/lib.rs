@@ -7,6 +7,7 @@
 //! - [`mdp`]: the estimated MDP and its solvers (value/policy iteration,
 //!   Q-learning, LinUCB);
 //! - [`reward`]: the reward expression;
+//! - [`report`]: PNG plots of a policy against a sample log;
 //! - [`learn`]: the pipeline;
 //! - [`synth`]: a synthetic sample log for tests and demos.
 //!
@@ -16,5 +17,6 @@ pub mod em;
 pub mod learn;
 pub mod mdp;
 pub mod reader;
+pub mod report;
 pub mod reward;
 pub mod synth;

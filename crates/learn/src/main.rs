@@ -85,6 +85,25 @@ enum Command {
     },
     /// Validate a policy and print its table.
     Inspect { policy: PathBuf },
+    /// PNG plots of a policy against a sample log: state means, state
+    /// timeline, policy heatmap, EM learning curve.
+    Report {
+        /// Sample log files (JSON Lines), read in order.
+        #[arg(long, num_args = 1.., required = true)]
+        samples: Vec<PathBuf>,
+        /// The policy (as written by `learn`).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Directory for the PNG files (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Inputs are nginx-module-vts status snapshots.
+        #[arg(long)]
+        vts: bool,
+        /// Count and skip bad records instead of stopping at the first.
+        #[arg(long)]
+        skip_bad: bool,
+    },
     /// Write a synthetic sample log (3 peers, peer 3 periodically slow).
     Synth {
         #[arg(long)]
@@ -224,7 +243,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         Command::Inspect { policy } => {
-            let p = Policy::load(&policy.display().to_string())?;
+            let p = Policy::load(policy.display().to_string())?;
             let doc = p.to_document();
             let shape = p.shape();
             println!(
@@ -280,6 +299,19 @@ fn main() -> anyhow::Result<()> {
                     p.scaling(s).unwrap_or("-"),
                     w.join(" ")
                 )?;
+            }
+        }
+        Command::Report {
+            samples,
+            policy,
+            out,
+            vts,
+            skip_bad,
+        } => {
+            let p = Policy::load(policy.display().to_string())?;
+            let files = deep_sched_learn::report::report(&p, &samples, vts, skip_bad, &out)?;
+            for f in files {
+                println!("{}", f.display());
             }
         }
         Command::Synth {
