@@ -41,7 +41,7 @@ fn report_writes_four_non_blank_pngs() {
         serde_json::to_string(&learned.policy).unwrap(),
     )
     .unwrap();
-    let policy = Policy::load(&policy_path.display().to_string()).unwrap();
+    let policy = Policy::load(policy_path.display().to_string()).unwrap();
 
     let out = dir.path().join("plots");
     let files = report(&policy, &[samples], false, false, &out).unwrap();
@@ -84,7 +84,7 @@ fn report_refuses_samples_of_another_agent() {
     let policy = doc.validate("other").unwrap();
     let e = report(
         &policy,
-        &[samples.clone()],
+        std::slice::from_ref(&samples),
         false,
         false,
         &dir.path().join("p"),
