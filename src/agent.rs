@@ -118,11 +118,6 @@ pub unsafe fn start_timers(cycle: *mut ngx_cycle_t) {
     }
 }
 
-/// `exit_process`: nothing is buffered between decisions (each line is
-/// written whole at decision time), so only the timers need no action:
-/// nginx drops a cancelable timer at exit.
-pub unsafe fn flush_logs(_cycle: *mut ngx_cycle_t) {}
-
 unsafe extern "C" fn on_timer(ev: *mut ngx_event_t) {
     no_unwind((), || {
         // SAFETY: ev.data was set to the agent conf, which outlives the

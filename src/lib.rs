@@ -82,7 +82,6 @@ pub static mut ngx_http_deep_sched_module: ngx_module_t = ngx_module_t {
     commands: unsafe { &raw mut NGX_HTTP_DEEP_SCHED_COMMANDS[0] },
     type_: NGX_HTTP_MODULE as ngx_uint_t,
     init_process: Some(init_process),
-    exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };
 
@@ -98,13 +97,6 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         // SAFETY: nginx calls init_process with the live cycle.
         unsafe { agent::start_timers(cycle) };
         ngx::ffi::NGX_OK as ngx_int_t
-    })
-}
-
-extern "C" fn exit_process(cycle: *mut ngx_cycle_t) {
-    no_unwind((), || {
-        // SAFETY: nginx calls exit_process with the live cycle.
-        unsafe { agent::flush_logs(cycle) };
     })
 }
 
