@@ -425,3 +425,50 @@ fn policy_reloads_under_load_and_bad_policy_refused() {
         assert!(summary.failed.is_empty(), "failed: {:?}", summary.failed);
     });
 }
+
+/// `compose.yaml` is a valid Compose file for whichever Compose this
+/// machine has (`docker compose` or Debian's `docker-compose`), and it
+/// publishes nginx on 127.0.0.1 only.
+#[test]
+fn compose_file_is_valid_and_local_only() {
+    with_docker(|| {
+        let file = harness::root().join("compose.yaml");
+        let file = file.to_str().expect("UTF-8 path");
+        let attempts: [(&str, Vec<&str>); 2] = [
+            ("docker", vec!["compose", "-f", file, "config"]),
+            ("docker-compose", vec!["-f", file, "config"]),
+        ];
+        let config = attempts
+            .iter()
+            .find_map(|(program, args)| {
+                docker::run_bounded(program, args, Duration::from_secs(30))
+                    .ok()
+                    .filter(|o| o.ok)
+            })
+            .map(|o| o.stdout);
+        let Some(config) = config else {
+            eprintln!("skipped: neither `docker compose` nor `docker-compose` works here");
+            return;
+        };
+        for service in ["nginx:", "b1:", "b2:", "b3:", "load:"] {
+            assert!(config.contains(service), "{service} missing:\n{config}");
+        }
+        // Short syntax (docker-compose 1.x prints `- 127.0.0.1:8080:8080/tcp`)
+        // or long syntax (`docker compose` prints `published:` + `host_ip:`).
+        let short: Vec<&str> = config
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("- ") && l.ends_with("/tcp"))
+            .collect();
+        let published = config.matches("published:").count();
+        let local = config.matches("host_ip: 127.0.0.1").count();
+        assert!(
+            short.len() + published == 1,
+            "one published port (nginx):\n{config}"
+        );
+        assert!(
+            short.iter().all(|l| l.starts_with("- 127.0.0.1:")) && local == published,
+            "a port published beyond 127.0.0.1:\n{config}"
+        );
+    });
+}
