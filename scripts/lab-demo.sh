@@ -31,5 +31,5 @@ target/release/deep-sched-lab run S2 --nginx "$NGINX" --results "$out" \
 report="$out/S2/report.md"
 echo
 sed -n '/^| balancer | p50/,/^$/p' "$report" | cut -d'|' -f2,3,5,7,9,10,11
-grep -E '^(Best built-in|deep_sched:)' "$report" || true
+grep -E '^(Best built-in|deep_sched)' "$report" || true
 echo "report: $report"
