@@ -254,7 +254,13 @@ fn main() -> anyhow::Result<()> {
                 doc.interval_ms
             );
             for (k, v) in &doc.provenance {
-                println!("  {k}: {v}");
+                match v.as_array() {
+                    // The EM curve: its length and ends, not 100 numbers.
+                    Some(a) if a.len() > 8 => {
+                        println!("  {k}: {} values, {} ... {}", a.len(), a[0], a[a.len() - 1])
+                    }
+                    _ => println!("  {k}: {v}"),
+                }
             }
             println!(
                 "agent: {}",
