@@ -19,17 +19,22 @@ if [[ ! -f "$src/conf_flags" || ! -x "$src/configure" ]]; then
 fi
 
 work=target/system/nginx-src
-rm -rf "$work"
-mkdir -p "$work"
-cp -a "$src/." "$work/"
-
-# conf_flags defines the bash array NGX_CONF_FLAGS.
-# shellcheck disable=SC1091
-source "$src/conf_flags"
-(
-    cd "$work"
-    ./configure "${NGX_CONF_FLAGS[@]}" >configure.log 2>&1 || { tail -n 30 configure.log >&2; exit 1; }
-)
+# Reconfigure only when the package changed: a fresh copy would make
+# nginx-sys regenerate its bindings and cargo rebuild the module every time.
+stamp=$(cat "$src/conf_flags" "$src/src/core/nginx.h" | sha256sum | cut -d' ' -f1)
+if [[ ! -f $work/objs/ngx_auto_config.h || "$(cat "$work/.deep_sched_stamp" 2>/dev/null)" != "$stamp" ]]; then
+    rm -rf "$work"
+    mkdir -p "$work"
+    cp -a "$src/." "$work/"
+    # conf_flags defines the bash array NGX_CONF_FLAGS.
+    # shellcheck disable=SC1091
+    source "$src/conf_flags"
+    (
+        cd "$work"
+        ./configure "${NGX_CONF_FLAGS[@]}" >configure.log 2>&1 || { tail -n 30 configure.log >&2; exit 1; }
+    )
+    echo "$stamp" >"$work/.deep_sched_stamp"
+fi
 version=$(sed -n 's/^#define NGINX_VERSION *"\(.*\)"/\1/p' "$work/src/core/nginx.h")
 echo "build-system.sh: configured nginx $version source in $work"
 
