@@ -14,3 +14,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 # One profile for everything: the module and nginx built above are reused.
 cargo test --workspace --release --no-fail-fast
+# The fuzz targets live in their own workspace (libFuzzer stays out of the
+# main build); their kept inputs and seeds are replayed as ordinary tests.
+cargo test --release --manifest-path crates/core/fuzz/Cargo.toml
