@@ -13,7 +13,14 @@ scripts/build.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 # One profile for everything: the module and nginx built above are reused.
-cargo test --workspace --release --no-fail-fast
 # The fuzz targets live in their own workspace (libFuzzer stays out of the
 # main build); their kept inputs and seeds are replayed as ordinary tests.
-cargo test --release --manifest-path crates/core/fuzz/Cargo.toml
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --release --no-fail-fast 2>&1 | tee -a "$log" || status=1
+cargo test --release --manifest-path crates/core/fuzz/Cargo.toml 2>&1 | tee -a "$log" || status=1
+# One closing line over every test binary (cargo prints one per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit $status
