@@ -23,7 +23,7 @@
 
 use std::path::PathBuf;
 
-use deep_sched_core::counters::{AgentInterval, PeerCounters, PeerInterval};
+use deep_sched_core::counters::{AgentInterval, PeerCounters};
 use deep_sched_core::features::{AgentShape, FeatureSet, Standardization, UpstreamShape};
 use deep_sched_core::gmm::CovarianceKind;
 use deep_sched_core::policy::{
@@ -126,17 +126,68 @@ pub enum LearnError {
     Data(String),
 }
 
-/// What one interval contributes once read.
-#[derive(Debug, Clone)]
-struct Row {
-    time_ms: u64,
-    interval_ms: u64,
-    /// Per upstream, the interval as a whole.
-    upstreams: Vec<PeerInterval>,
-    /// The chosen weights at the end (per upstream).
-    next: Option<Vec<Vec<u32>>>,
+/// What the pipeline keeps of the intervals once read: a few numbers per
+/// interval in flat columns (index `t`, or `t·U + u` per upstream), no
+/// allocation per interval. With the feature matrix (`8·D` bytes per
+/// interval) this is all the memory that grows with the log.
+#[derive(Debug, Default)]
+struct Rows {
+    time_ms: Vec<u64>,
+    interval_ms: Vec<u64>,
+    /// The reward expression on each upstream's interval.
+    reward: Vec<f64>,
+    /// Each upstream's p95 (ms), error rate and requests/s.
+    p95: Vec<f64>,
+    err: Vec<f64>,
+    rps: Vec<f64>,
+    /// Weights chosen at the end of the interval: index into the
+    /// upstream's catalogue in order of first appearance, or [`NO_ACTION`].
+    next: Vec<u32>,
     /// Mean in-flight requests per peer.
-    inflight_per_peer: f64,
+    inflight_per_peer: Vec<f64>,
+    /// Per upstream, the weight vectors seen, in order of first appearance.
+    catalogue: Vec<Vec<Vec<u32>>>,
+    index: Vec<std::collections::HashMap<Vec<u32>, u32>>,
+}
+
+/// `Rows::next` of an interval whose next weights are unknown.
+const NO_ACTION: u32 = u32::MAX;
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.time_ms.len()
+    }
+
+    fn push(&mut self, o: &Observation, interval: &AgentInterval, reward: &Expr) {
+        let nu = interval.upstreams.len();
+        if self.catalogue.len() < nu {
+            self.catalogue.resize(nu, Vec::new());
+            self.index.resize(nu, Default::default());
+        }
+        self.time_ms.push(o.time_ms);
+        self.interval_ms.push(o.interval_ms);
+        for (u, i) in interval.upstreams.iter().enumerate() {
+            self.reward.push(reward.eval(i));
+            self.p95.push(i.latency_p95_ms);
+            self.err.push(i.error_rate);
+            self.rps.push(i.rps);
+            self.next.push(match &o.next_weights {
+                None => NO_ACTION,
+                Some(w) => match self.index[u].get(&w[u]) {
+                    Some(&a) => a,
+                    None => {
+                        let a = self.catalogue[u].len() as u32;
+                        self.catalogue[u].push(w[u].clone());
+                        self.index[u].insert(w[u].clone(), a);
+                        a
+                    }
+                },
+            });
+        }
+        let peers: usize = o.deltas.iter().map(Vec::len).sum();
+        let inflight: f64 = interval.peers.iter().flatten().map(|p| p.inflight).sum();
+        self.inflight_per_peer.push(inflight / peers.max(1) as f64);
+    }
 }
 
 /// The outcome of [`learn`].
@@ -184,21 +235,13 @@ pub fn learn(
 ) -> Result<Learned, LearnError> {
     let reward = Expr::parse(&opts.reward)?;
     let mut raw: Vec<f64> = Vec::new();
-    let mut rows: Vec<Row> = Vec::new();
+    let mut rows = Rows::default();
     let mut d = 0usize;
     let mut sink = |o: Observation| {
         let (x, interval) = raw_features(&o);
         d = x.len();
         raw.extend_from_slice(&x);
-        let peers: usize = o.deltas.iter().map(Vec::len).sum();
-        let inflight: f64 = interval.peers.iter().flatten().map(|p| p.inflight).sum();
-        rows.push(Row {
-            time_ms: o.time_ms,
-            interval_ms: o.interval_ms,
-            upstreams: interval.upstreams.clone(),
-            next: o.next_weights.clone(),
-            inflight_per_peer: inflight / peers.max(1) as f64,
-        });
+        rows.push(&o, &interval, &reward);
         if rows.len().is_multiple_of(10_000) {
             progress("read", rows.len(), 0.0);
         }
@@ -285,37 +328,41 @@ pub fn learn(
 
     // Actions per upstream.
     let nu = shape.upstreams.len();
-    let mut action_sets: Vec<Vec<Vec<u32>>> = vec![Vec::new(); nu];
-    for r in &rows {
-        if let Some(next) = &r.next {
-            for (u, w) in next.iter().enumerate() {
-                if !action_sets[u].contains(w) {
-                    action_sets[u].push(w.clone());
-                }
-            }
-        }
-    }
+    let mut action_sets: Vec<Vec<Vec<u32>>> = rows.catalogue.clone();
     for set in &mut action_sets {
         set.sort();
     }
+    // Catalogue index (first appearance) -> index in the sorted set.
+    let sorted_index: Vec<Vec<usize>> = (0..nu)
+        .map(|u| {
+            rows.catalogue[u]
+                .iter()
+                .map(|w| action_sets[u].binary_search(w).expect("same elements"))
+                .collect()
+        })
+        .collect();
+    let action_of = |t: usize, u: usize| -> Option<usize> {
+        match rows.next[t * nu + u] {
+            NO_ACTION => None,
+            a => Some(sorted_index[u][a as usize]),
+        }
+    };
     // Transitions between consecutive intervals (a gap of more than twice
     // the interval, or a new file, breaks the chain).
     let mut per_upstream: Vec<Vec<Transition>> = vec![Vec::new(); nu];
     for t in 0..n.saturating_sub(1) {
-        let (a, b) = (&rows[t], &rows[t + 1]);
-        let Some(next) = &a.next else { continue };
-        if b.time_ms <= a.time_ms || b.time_ms - a.time_ms > 2 * b.interval_ms.max(1) + 1000 {
+        let (ta, tb) = (rows.time_ms[t], rows.time_ms[t + 1]);
+        if action_of(t, 0).is_none()
+            || tb <= ta
+            || tb - ta > 2 * rows.interval_ms[t + 1].max(1) + 1000
+        {
             continue;
         }
-        for u in 0..nu {
-            let act = action_sets[u]
-                .iter()
-                .position(|w| *w == next[u])
-                .expect("collected above");
-            per_upstream[u].push(Transition {
+        for (u, transitions) in per_upstream.iter_mut().enumerate() {
+            transitions.push(Transition {
                 s: timeline[t],
-                a: act,
-                r: reward.eval(&b.upstreams[u]),
+                a: action_of(t, u).expect("all upstreams of a record have weights"),
+                r: rows.reward[(t + 1) * nu + u],
                 s2: timeline[t + 1],
             });
         }
@@ -351,20 +398,11 @@ pub fn learn(
                 // the interval in which the action was chosen.
                 let mut bandit = LinUcb::new(na, d + 1, 1.0);
                 let mut ctx = vec![1.0; d + 1];
-                let mut seen = 0;
                 for t in 0..n.saturating_sub(1) {
-                    let (Some(next), b) = (&rows[t].next, &rows[t + 1]) else {
-                        continue;
-                    };
+                    let Some(act) = action_of(t, u) else { continue };
                     ctx[..d].copy_from_slice(&xs[t * d..(t + 1) * d]);
-                    let act = action_sets[u]
-                        .iter()
-                        .position(|w| *w == next[u])
-                        .expect("collected");
-                    bandit.update(&ctx, act, reward.eval(&b.upstreams[u]));
-                    seen += 1;
+                    bandit.update(&ctx, act, rows.reward[(t + 1) * nu + u]);
                 }
-                let _ = seen;
                 let pi = (0..k)
                     .map(|s| {
                         let mut c = gmm.means[s].clone();
@@ -447,19 +485,19 @@ pub fn learn(
     let mut rps = vec![0.0; k];
     let mut infl = vec![0.0; k];
     let mut cnt = vec![0usize; k];
-    for (r, &s) in rows.iter().zip(&timeline) {
-        let agg = r.upstreams.iter().fold((0.0, 0.0, 0.0), |acc, i| {
+    for (t, &s) in timeline.iter().enumerate() {
+        let agg = (t * nu..(t + 1) * nu).fold((0.0, 0.0, 0.0), |acc, i| {
             (
-                acc.0 + i.latency_p95_ms * i.rps,
-                acc.1 + i.error_rate * i.rps,
-                acc.2 + i.rps,
+                acc.0 + rows.p95[i] * rows.rps[i],
+                acc.1 + rows.err[i] * rows.rps[i],
+                acc.2 + rows.rps[i],
             )
         });
         let total = agg.2.max(1e-9);
         p95[s] += agg.0 / total;
         err[s] += agg.1 / total;
         rps[s] += agg.2;
-        infl[s] += r.inflight_per_peer;
+        infl[s] += rows.inflight_per_peer[t];
         cnt[s] += 1;
     }
     for s in 0..k {
@@ -489,7 +527,7 @@ pub fn learn(
         .collect();
 
     let interval_ms = opts.interval_ms.unwrap_or_else(|| {
-        let mut iv: Vec<u64> = rows.iter().map(|r| r.interval_ms).collect();
+        let mut iv: Vec<u64> = rows.interval_ms.clone();
         iv.sort_unstable();
         iv[iv.len() / 2].clamp(100, 3_600_000)
     });
