@@ -66,7 +66,7 @@ print(json.dumps({"n": x.shape[0], "fit_seconds": secs, "iterations": int(gm.n_i
                   "converged": bool(gm.converged_), "mean_log_likelihood": float(gm.score(x))}))
 PY
 
-cargo build --release -q -p deep-sched-learn --example gmm_fit
+cargo build --release -q -p deep-sched-learn --example gmm_fit --bin deep-sched
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 ours=target/release/examples/gmm_fit
 
@@ -78,6 +78,12 @@ for r in $(seq "$rounds"); do
 done
 
 /usr/bin/time -v "$ours" "$work/large.f64" 27 27 full 1e-3 100 1 > "$work/large-ours.json" 2> "$work/large-ours.time"
+# The whole pipeline (read, features, GMM K=27, MDP, value iteration) on a
+# synthetic sample log in the module's format.
+n_e2e=${BENCH_N_E2E:-200000}
+target/release/deep-sched synth --out "$work/e2e.jsonl" --records "$n_e2e" --seed 5
+/usr/bin/time -v target/release/deep-sched learn --samples "$work/e2e.jsonl" --out "$work/e2e-policy.json" \
+    --seed 1 --created 2026-01-01T00:00:00Z > "$work/e2e.out" 2> "$work/e2e.time"
 if [[ ${BENCH_SKLEARN_1M:-0} == 1 ]]; then
     /usr/bin/time -v "$py" "$work/sk_fit.py" "$work/large.f64" 27 27 > "$work/large-sk.json" 2> "$work/large-sk.time"
 else
@@ -128,6 +134,14 @@ if sk1m == "1" and os.path.exists(f"{work}/large-sk.json"):
 else:
     line += " (scikit-learn not run on it: `BENCH_SKLEARN_1M=1`.)"
 out.append(line)
+e2e = open(f"{work}/e2e.out").read()
+n_e2e = re.search(r"intervals: (\d+) read", e2e).group(1)
+dims = re.search(r"GMM: (K=\d+) \w+, (D=\d+)", e2e)
+wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", open(f"{work}/e2e.time").read()).group(1)
+out.append("")
+out.append(f"Whole pipeline, `deep-sched learn` on {int(n_e2e):,} synthetic intervals in the module's sample format "
+           f"(`deep-sched synth`, 1 upstream x 3 peers, {dims.group(1)}, {dims.group(2)}, value iteration): "
+           f"{wall} wall clock, peak RSS {rss(work + '/e2e.time'):.0f} MB.")
 print("\n".join(out))
 PY
 )
