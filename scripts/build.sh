@@ -43,7 +43,7 @@ else
     target_dir=target
     cargo build "${cargo_profile[@]}" -p ngx-http-deep-sched-module
     # nginx-sys builds nginx under its OUT_DIR; take the newest one.
-    nginx_bin=$(ls -t "$target_dir/$profile"/build/nginx-sys-*/out/objs/nginx 2>/dev/null | head -n 1)
+    nginx_bin=$(ls -t "$target_dir/$profile"/build/nginx-sys-*/out/objs/nginx 2>/dev/null | sed -n 1p)
 fi
 so="$target_dir/$profile/libngx_http_deep_sched_module.so"
 
@@ -68,5 +68,5 @@ if [[ $module_only == 0 ]]; then
 fi
 
 echo "build.sh: nginx prefix ready in build/"
-[[ -x build/sbin/nginx ]] && build/sbin/nginx -V 2>&1 | head -n 1
+[[ -x build/sbin/nginx ]] && build/sbin/nginx -v 2>&1
 ls -1 build/modules build/bin

@@ -30,13 +30,13 @@ for f in /etc/apt/sources.list.d/*.sources; do
         /^[[:space:]]*$/ { if (uri != "" && suites ~ /(^| )bookworm( |$)/) { print uri; exit } uri=""; suites=""; next }
         /^URIs:/   { uri=$2 }
         /^Suites:/ { sub(/^Suites:[[:space:]]*/, ""); suites=$0 }
-        END { if (uri != "" && suites ~ /(^| )bookworm( |$)/) print uri }' "$f" | head -n 1)
+        END { if (uri != "" && suites ~ /(^| )bookworm( |$)/) print uri }' "$f" | sed -n 1p)
     [[ -n "$mirror" ]] && break
 done
 if [[ -z "$mirror" ]]; then
     mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
         awk '$1 == "deb" && $0 ~ / bookworm / { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' |
-        head -n 1)
+        sed -n 1p)
 fi
 if [[ -z "$mirror" ]]; then
     echo "container-base.sh: no bookworm mirror found in /etc/apt/sources.list{,.d/}" >&2
