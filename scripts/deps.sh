@@ -7,9 +7,11 @@
 #   python3-venv            scripts/bench-learner.sh (scikit-learn baseline)
 #   debootstrap             scripts/container-base.sh (the base image)
 #   nginx nginx-dev         scripts/build.sh --system (Debian's nginx)
+#   libfontconfig1-dev fonts-dejavu-core   the lab's plots (plotters, ttf)
+#   openssl                 the TLS upstream test makes a certificate
 set -euo pipefail
 want=(libclang-dev libpcre2-dev libssl-dev zlib1g-dev pkg-config make gcc wrk python3-venv
-      debootstrap nginx nginx-dev procps curl)
+      debootstrap nginx nginx-dev procps curl libfontconfig1-dev fonts-dejavu-core openssl)
 # The schema tests validate with Python's reference jsonschema implementation
 # (for the python3 on PATH, which may not be Debian's).
 if ! python3 -c 'import jsonschema' >/dev/null 2>&1; then
