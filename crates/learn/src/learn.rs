@@ -82,6 +82,8 @@ pub struct LearnOptions {
     pub gamma: f64,
     pub smoothing: f64,
     pub min_visits: u64,
+    /// Weight `β` of the lower confidence bound on rewards (0: plain means).
+    pub pessimism: f64,
     pub reg_covar: f64,
     pub tol: f64,
     pub max_iter: usize,
@@ -103,6 +105,7 @@ impl Default for LearnOptions {
             gamma: 0.8,
             smoothing: 0.1,
             min_visits: 2,
+            pessimism: 1.0,
             reg_covar: 1e-3,
             tol: 1e-4,
             max_iter: 200,
@@ -379,7 +382,8 @@ pub fn learn(
     for u in 0..nu {
         let na = action_sets[u].len();
         let data = &per_upstream[u];
-        let mdp = Mdp::estimate(k, na, data, opts.smoothing, opts.min_visits);
+        let mdp = Mdp::estimate(k, na, data, opts.smoothing, opts.min_visits)
+            .pessimistic(data, opts.pessimism);
         let (pi, _) = match opts.algorithm {
             Algorithm::ValueIteration => mdp.value_iteration(opts.gamma, 1e-9, 100_000),
             Algorithm::PolicyIteration => mdp.policy_iteration(opts.gamma, 1000),

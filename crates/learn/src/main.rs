@@ -74,6 +74,9 @@ enum Command {
         /// Fewest visits of a (state, action) pair before the policy may use it.
         #[arg(long, default_value_t = 2)]
         min_visits: u64,
+        /// Rewards are lowered by PESSIMISM x sd / sqrt(visits) (a lower confidence bound); 0 uses plain means.
+        #[arg(long, default_value_t = 1.0)]
+        pessimism: f64,
         #[arg(long, default_value_t = 2)]
         n_init: usize,
         #[arg(long, default_value_t = 200)]
@@ -155,6 +158,7 @@ fn main() -> anyhow::Result<()> {
             created,
             gamma,
             min_visits,
+            pessimism,
             n_init,
             max_iter,
             tol,
@@ -202,6 +206,7 @@ fn main() -> anyhow::Result<()> {
                 created,
                 gamma,
                 min_visits,
+                pessimism,
                 n_init,
                 max_iter,
                 tol,
