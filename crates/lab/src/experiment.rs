@@ -545,37 +545,11 @@ pub fn explore(
     Ok((samples, run))
 }
 
-/// The non-empty log nginx wrote for `log=PATH`: `PATH` itself, or else the
-/// one file in its directory whose name starts with `PATH`'s name (with a
-/// warning). The fallback tolerates a module that passes the path to
-/// `ngx_conf_open_file` without a terminating NUL, so that the file name
-/// gets whatever bytes follow it; remove it once no build does that.
+/// The log nginx wrote for `log=PATH`, if it is there and not empty.
 pub fn written_log(path: &Path) -> Option<PathBuf> {
-    let non_empty = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
-    if non_empty(path) {
-        return Some(path.to_path_buf());
-    }
-    let name = path.file_name()?.to_string_lossy().into_owned();
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir(path.parent()?)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&name))
-                && non_empty(p)
-        })
-        .collect();
-    if candidates.len() != 1 {
-        return None;
-    }
-    let found = candidates.remove(0);
-    eprintln!(
-        "warning: nginx wrote {} instead of {} (the module's log= path is not NUL-terminated)",
-        found.display(),
-        path.display()
-    );
-    Some(found)
+    std::fs::metadata(path)
+        .is_ok_and(|m| m.len() > 0)
+        .then(|| path.to_path_buf())
 }
 
 /// Exploration run and `deep-sched learn` on its samples; returns the
@@ -934,18 +908,17 @@ mod tests {
     }
 
     #[test]
-    fn written_log_prefers_the_exact_path_and_else_one_prefixed_file() {
+    fn written_log_needs_the_exact_non_empty_file() {
         let dir = std::env::temp_dir().join(format!("lab-log-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let want = dir.join("x.jsonl");
         assert_eq!(written_log(&want), None);
         std::fs::write(dir.join("x.jsonlgarbage"), "{}\n").unwrap();
-        assert_eq!(written_log(&want), Some(dir.join("x.jsonlgarbage")));
+        assert_eq!(written_log(&want), None, "a prefixed name is not the log");
+        std::fs::write(&want, "").unwrap();
+        assert_eq!(written_log(&want), None, "empty");
         std::fs::write(&want, "{}\n").unwrap();
         assert_eq!(written_log(&want), Some(want.clone()));
-        std::fs::remove_file(&want).unwrap();
-        std::fs::write(dir.join("x.jsonl2"), "{}\n").unwrap();
-        assert_eq!(written_log(&want), None, "ambiguous");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
