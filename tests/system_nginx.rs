@@ -3,17 +3,16 @@
 //! `/usr/sbin/nginx` and balances: observe mode and the example policy
 //! (adapted to this test's backend ports), with the status page.
 //!
-//! The packaged nginx runs with its own prefix, configuration, pid and error
-//! log in a temporary directory, on 127.0.0.1, in the foreground; the system
-//! service is never touched. Skipped, with the reason printed, when the
+//! The packaged nginx runs through the test harness: its own prefix,
+//! configuration, pid and error log in a temporary directory, on 127.0.0.1,
+//! in the foreground, stopped by PID; the system service is never touched. Skipped, with the reason printed, when the
 //! packaged nginx or the module built for it is absent.
 
 mod harness;
 
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use harness::*;
 use serde_json::Value;
@@ -38,103 +37,6 @@ fn skip_reason() -> Option<String> {
         ));
     }
     None
-}
-
-/// `/usr/sbin/nginx` in the foreground with a private prefix; stopped on drop.
-struct SystemNginx {
-    dir: TempDir,
-    port: u16,
-    child: Child,
-}
-
-impl SystemNginx {
-    fn start(http_body: &str) -> SystemNginx {
-        let dir = TempDir::new("system");
-        let port = free_port();
-        let conf = format!(
-            "load_module {so};\n\
-             worker_processes 2;\n\
-             error_log logs/error.log info;\n\
-             pid logs/nginx.pid;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n\
-                 access_log off;\n\
-                 client_body_temp_path logs/tmp_body;\n\
-                 proxy_temp_path logs/tmp_proxy;\n\
-                 fastcgi_temp_path logs/tmp_fcgi;\n\
-                 uwsgi_temp_path logs/tmp_uwsgi;\n\
-                 scgi_temp_path logs/tmp_scgi;\n\
-             {http_body}\n\
-                 server {{\n\
-                     listen 127.0.0.1:{port};\n\
-                     proxy_next_upstream error timeout http_502;\n\
-                     proxy_connect_timeout 2s;\n\
-                     location /observe/ {{ proxy_pass http://observe/; }}\n\
-                     location / {{ proxy_pass http://backend; }}\n\
-                     location = /deep_sched {{ deep_sched_status; }}\n\
-                 }}\n\
-             }}\n",
-            so = system_module().display()
-        );
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let child = Command::new(SYSTEM_NGINX)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.path().join("logs/error.log"))
-            .arg("-g")
-            .arg("daemon off;")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn /usr/sbin/nginx");
-        let mut n = SystemNginx { dir, port, child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = n.child.try_wait() {
-                panic!(
-                    "{SYSTEM_NGINX} exited with {status} before listening:\n{}",
-                    n.error_log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{SYSTEM_NGINX} did not listen within 10 s:\n{}",
-                n.error_log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        n
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("logs/error.log")).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> Response {
-        http_get(SocketAddr::from(([127, 0, 0, 1], self.port)), path)
-    }
-}
-
-impl Drop for SystemNginx {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The example policy with its peers renamed to `peers`.
@@ -166,8 +68,18 @@ fn packaged_nginx_loads_the_module_and_balances() {
         "    upstream backend {{\n{servers}        zone backend 64k;\n        deep_sched {} interval=500ms;\n    }}\n\
              upstream observe {{\n{servers}        zone observe 64k;\n        deep_sched;\n    }}\n",
         policy.display()
+    ) + "    server {\n\
+                 listen 127.0.0.1:{port};\n\
+                 proxy_next_upstream error timeout http_502;\n\
+                 proxy_connect_timeout 2s;\n\
+                 location /observe/ { proxy_pass http://observe/; }\n\
+                 location / { proxy_pass http://backend; }\n\
+                 location = /deep_sched { deep_sched_status; }\n\
+             }\n";
+    let nginx = Nginx::start_binary(
+        Path::new(SYSTEM_NGINX),
+        &config_for(&system_module(), &http, 2),
     );
-    let nginx = SystemNginx::start(&http);
 
     // Policy upstream: every request answered, all three peers used.
     let mut seen = std::collections::BTreeMap::<String, usize>::new();

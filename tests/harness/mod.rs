@@ -77,8 +77,15 @@ impl Drop for TempDir {
     }
 }
 
-/// Wraps an `http { ... }` body into a whole configuration.
+/// Wraps an `http { ... }` body into a whole configuration loading the
+/// module from `build/modules/`.
 pub fn full_config(http_body: &str, workers: u32) -> String {
+    config_for(&module_so(), http_body, workers)
+}
+
+/// Wraps an `http { ... }` body into a whole configuration loading the
+/// module `so`.
+pub fn config_for(so: &Path, http_body: &str, workers: u32) -> String {
     format!(
         "load_module {so};\n\
          worker_processes {workers};\n\
@@ -96,7 +103,7 @@ pub fn full_config(http_body: &str, workers: u32) -> String {
              scgi_temp_path logs/tmp_scgi;\n\
          {http_body}\n\
          }}\n",
-        so = module_so().display()
+        so = so.display()
     )
 }
 
@@ -128,13 +135,19 @@ impl Nginx {
     /// Starts nginx with `conf` (a whole configuration; `{port}` in it is
     /// replaced by the listening port) and waits until it accepts.
     pub fn start(conf_template: &str) -> Nginx {
+        Nginx::start_binary(&nginx_bin(), conf_template)
+    }
+
+    /// As [`Nginx::start`], with another nginx binary (e.g. the
+    /// distribution's `/usr/sbin/nginx`).
+    pub fn start_binary(bin: &Path, conf_template: &str) -> Nginx {
         let dir = TempDir::new("nginx");
         let port = free_port();
         let conf = conf_template
             .replace("{port}", &port.to_string())
             .replace("{prefix}", &dir.path().display().to_string());
         std::fs::write(dir.path().join("nginx.conf"), &conf).expect("write nginx.conf");
-        let child = Command::new(nginx_bin())
+        let child = Command::new(bin)
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
