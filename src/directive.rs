@@ -42,6 +42,9 @@ pub struct UpstreamConf {
     pub configured_weights: Vec<u32>,
     /// Index of the first peer in the zone's peer slots.
     pub slot_base: usize,
+    /// Per peer, the zone slots of the same address in other upstreams (any
+    /// agent): `choose=p2c` counts their requests in flight too.
+    pub siblings: Vec<Vec<usize>>,
     /// Index of this upstream in the agent (and in its policy).
     pub index: usize,
     /// Worker-local: the decision epoch whose weights this worker applied.
@@ -368,6 +371,7 @@ unsafe fn deep_sched_inner(cf: *mut ngx_conf_t, scf: &mut SrvConf) -> *mut c_cha
         peers: Vec::new(),
         configured_weights: Vec::new(),
         slot_base: 0,
+        siblings: Vec::new(),
         index,
         applied_epoch: Cell::new(0),
         initialised: false,
@@ -419,7 +423,13 @@ unsafe fn postconfiguration_inner(cf: *mut ngx_conf_t) -> ngx_int_t {
         return ngx::ffi::NGX_OK as ngx_int_t;
     }
     let mut slot = 0usize;
-    let mut layout = String::new();
+    // The slot sizes are part of the layout: a build whose zone records
+    // differ never adopts an old zone.
+    let mut layout = format!(
+        "{}/{};",
+        core::mem::size_of::<zone::AgentSlot>(),
+        core::mem::size_of::<zone::PeerSlot>()
+    );
     for agent in &mut main.agents {
         if let Some(p) = &agent.policy {
             let want = p.shape().upstreams.len();
@@ -466,6 +476,19 @@ unsafe fn postconfiguration_inner(cf: *mut ngx_conf_t) -> ngx_int_t {
         layout.push(';');
     }
     main.total_peers = slot;
+    let names: Vec<&str> = main
+        .agents
+        .iter()
+        .flat_map(|a| {
+            a.upstreams
+                .iter()
+                .flat_map(|u| u.peers.iter().map(String::as_str))
+        })
+        .collect();
+    let mut siblings = deep_sched_core::choose::same_address_slots(&names).into_iter();
+    for up in main.agents.iter_mut().flat_map(|a| a.upstreams.iter_mut()) {
+        up.siblings = siblings.by_ref().take(up.peers.len()).collect();
+    }
 
     let bytes = zone::block_size(main.agents.len(), main.total_peers);
     // Room for the slab allocator's own pages and rounding.

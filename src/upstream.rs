@@ -398,7 +398,13 @@ unsafe fn get_p2c_peer(
             };
             loads[i] = PeerLoad {
                 weight: u32::try_from(peer.weight).unwrap_or(1).max(1),
-                inflight: slot.map_or(0, |s| s.inflight()),
+                inflight: slot.map_or(0, |s| {
+                    let others: u64 = up
+                        .siblings
+                        .get(i)
+                        .map_or(0, |v| v.iter().map(|&j| view.peer(j).inflight()).sum());
+                    s.inflight() + others
+                }),
                 latency_ewma_ms: slot.map_or(0.0, |s| {
                     f64::from_bits(s.latency_ewma.load(core::sync::atomic::Ordering::Relaxed))
                 }),
@@ -469,7 +475,7 @@ unsafe fn free_peer_inner(pc: *mut ngx_peer_connection_t, pd: &mut PeerData, sta
                     outcome.in_bytes = u64::try_from(st.bytes_received).unwrap_or(0);
                     outcome.out_bytes = u64::try_from(st.bytes_sent).unwrap_or(0);
                 }
-                slot.record(&outcome);
+                slot.record(&outcome, ngx_current_msec as u64);
                 slot.inflight
                     .fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
             }

@@ -78,16 +78,20 @@ pub struct PeerSlot {
     pub prev: CounterCells,
     /// Requests now at the peer (a gauge).
     pub inflight: AtomicI64,
-    /// Recent response time, ms, as `f64` bits (exponentially weighted).
+    /// Recent response time, ms, as `f64` bits: the peak EWMA
+    /// (`deep_sched_core::choose::peak_ewma`).
     pub latency_ewma: AtomicU64,
+    /// When `latency_ewma` last took a sample, `ngx_current_msec`.
+    pub latency_stamp_ms: AtomicU64,
     /// Weight currently published for the peer.
     pub weight: AtomicU32,
 }
 
 impl PeerSlot {
     /// Records one finished try at this peer. Called per request: only
-    /// relaxed atomic adds, no lock, no allocation.
-    pub fn record(&self, outcome: &TryOutcome) {
+    /// relaxed atomic adds, no lock, no allocation. `now_ms` is nginx's
+    /// cached clock.
+    pub fn record(&self, outcome: &TryOutcome, now_ms: u64) {
         let c = &self.live;
         c.requests.fetch_add(1, Ordering::Relaxed);
         c.in_bytes.fetch_add(outcome.in_bytes, Ordering::Relaxed);
@@ -104,8 +108,15 @@ impl PeerSlot {
         c.latency_hist[bucket].fetch_add(1, Ordering::Relaxed);
         // A racy read-modify-write is acceptable for a smoothed signal: a lost
         // update only skips one sample.
+        use deep_sched_core::choose::{peak_ewma, FAILURE_PENALTY_MS, PEAK_EWMA_TAU_MS};
+        let sample = if outcome.failed {
+            (outcome.response_msec as f64).max(FAILURE_PENALTY_MS)
+        } else {
+            outcome.response_msec as f64
+        };
         let old = f64::from_bits(self.latency_ewma.load(Ordering::Relaxed));
-        let new = deep_sched_core::choose::ewma_update(old, outcome.response_msec as f64);
+        let last = self.latency_stamp_ms.swap(now_ms, Ordering::Relaxed);
+        let new = peak_ewma(old, now_ms.saturating_sub(last), sample, PEAK_EWMA_TAU_MS);
         self.latency_ewma.store(new.to_bits(), Ordering::Relaxed);
     }
 

@@ -660,6 +660,39 @@ fn p2c_avoids_a_loaded_peer_and_honours_down() {
     assert_eq!(st["agents"][0]["choose"], "p2c");
 }
 
+/// `choose=p2c` counts a backend's requests in flight from every upstream
+/// that names it: with 16 slow requests held at b1 through another upstream,
+/// new requests go to the idle b2 (b1's in-flight count in this upstream is
+/// 0, so without the other upstream's count the two would look alike).
+#[test]
+fn p2c_counts_in_flight_requests_of_other_upstreams() {
+    let b = backends(2, 64, 2.0);
+    let http = format!(
+        "    upstream hold {{\n        server {};\n        deep_sched choose=p2c;\n    }}\n\
+             upstream probe {{\n{}        deep_sched choose=p2c;\n    }}\n{}",
+        b[0].addr(),
+        server_lines(&b, &["", ""]),
+        proxy_server(
+            "        location /hold/ { proxy_pass http://hold/wrk2-api/; }\n\
+                     location /wrk2-api/ { proxy_pass http://probe; }"
+        )
+    );
+    let nginx = Nginx::start(&full_config(&http, 1));
+    // both answer a few at the same speed first
+    let warm = spread(&nginx, 6);
+    b[0].set_slow(400.0);
+    let hold = Load::start(nginx.port, 16, "/hold/home-timeline/read");
+    std::thread::sleep(Duration::from_millis(400));
+    let s = spread(&nginx, 20);
+    let (_, failed) = hold.stop();
+    assert_eq!(failed, 0);
+    assert_eq!(
+        counts(&s, 2),
+        vec![0, 20],
+        "requests went to the busy b1 (warm-up spread {warm:?})"
+    );
+}
+
 /// `zone`, `keepalive`, `backup`: nginx's features keep working, with both
 /// per-request choices.
 #[test]

@@ -7,11 +7,13 @@
 //!   exactly `wᵢ` times, evenly interleaved. (The module delegates to
 //!   nginx's own implementation so that `max_fails` etc. stay nginx's; this
 //!   one is the reference for tests and the lab's simulations.)
-//! - [`Ewma`]: peak-sensitive, time-decayed latency average.
+//! - [`Ewma`] / [`peak_ewma`]: peak-sensitive, time-decayed latency
+//!   average (after Finagle's and Linkerd's "peak EWMA").
 //! - [`p2c`]: the power of two choices (Mitzenmacher 2001) over
-//!   weight-proportional draws: the policy sets the macro shares, the
-//!   per-request choice absorbs bursts by preferring the peer with fewer
-//!   requests in flight per unit of weight.
+//!   weight-proportional draws of two *different* peers: the policy sets the
+//!   macro shares and says how much each peer can take, the per-request
+//!   choice absorbs bursts and slow spells by preferring the peer with the
+//!   lower expected cost `peak_ewma · (inflight + 1) / weight`.
 
 use rand::Rng;
 
@@ -22,24 +24,43 @@ pub struct PeerLoad {
     pub weight: u32,
     /// Requests in flight (all workers).
     pub inflight: u64,
-    /// Recent response time, ms ([`ewma_update`]).
+    /// Recent response time, ms: the peak EWMA ([`peak_ewma`]); 0 before
+    /// the first response.
     pub latency_ewma_ms: f64,
     /// Not down, not failed, under `max_conns`, not tried yet.
     pub eligible: bool,
 }
 
-/// Smoothing factor of the latency average: each new sample has weight 0.2.
-pub const EWMA_ALPHA: f64 = 0.2;
+/// Time constant of the module's latency average, ms: a peak is forgotten
+/// to 1/e in a second, about the length of one decision interval.
+pub const PEAK_EWMA_TAU_MS: f64 = 1000.0;
 
-/// One step of an exponentially weighted moving average,
-/// `m ← m + α·(x − m)`; the first sample (`m = 0`) is taken as is.
+/// The latency sample the module records for a try that nginx counted as a
+/// failure of the peer (refused, reset, timed out, `proxy_next_upstream`
+/// status), ms: a failure must make a peer look slow, never fast, or the
+/// per-request choice would favour a peer that fails quickly.
+pub const FAILURE_PENALTY_MS: f64 = 1000.0;
+
+/// Latency below which peers count as equally fast in [`p2c`], ms: response
+/// times have millisecond resolution and a peer with no response yet has
+/// no average.
+pub const LATENCY_FLOOR_MS: f64 = 1.0;
+
+/// One step of the peak EWMA ([`Ewma`]) as a pure function of plain
+/// values, for callers that keep the average in atomics: the new average
+/// after `sample_ms` arrives `elapsed_ms` after the previous sample.
+/// `mean ≤ 0` (no sample yet) takes the sample as is; a negative or
+/// non-finite sample leaves the mean unchanged.
 #[inline]
-pub fn ewma_update(mean: f64, sample: f64) -> f64 {
-    if mean <= 0.0 || !mean.is_finite() {
-        sample
-    } else {
-        mean + EWMA_ALPHA * (sample - mean)
+pub fn peak_ewma(mean: f64, elapsed_ms: u64, sample_ms: f64, tau_ms: f64) -> f64 {
+    if !sample_ms.is_finite() || sample_ms < 0.0 {
+        return mean;
     }
+    if mean <= 0.0 || !mean.is_finite() || sample_ms > mean {
+        return sample_ms;
+    }
+    let w = (-(elapsed_ms as f64) / tau_ms.max(f64::MIN_POSITIVE)).exp();
+    w * mean + (1.0 - w) * sample_ms
 }
 
 /// A peak-sensitive exponentially weighted moving average of latency
@@ -78,13 +99,8 @@ impl Ewma {
         if !sample_ms.is_finite() || sample_ms < 0.0 {
             return;
         }
-        if self.value <= 0.0 || sample_ms > self.value {
-            self.value = sample_ms;
-        } else {
-            let dt = now_ms.saturating_sub(self.stamp_ms) as f64;
-            let w = (-dt / tau_ms.max(f64::MIN_POSITIVE)).exp();
-            self.value = w * self.value + (1.0 - w) * sample_ms;
-        }
+        let elapsed = now_ms.saturating_sub(self.stamp_ms);
+        self.value = peak_ewma(self.value, elapsed, sample_ms, tau_ms);
         self.stamp_ms = self.stamp_ms.max(now_ms);
     }
 
@@ -94,27 +110,49 @@ impl Ewma {
     }
 }
 
-/// Draws an eligible peer with probability proportional to its weight.
-fn weighted_draw<R: Rng + ?Sized>(peers: &[PeerLoad], total: u64, rng: &mut R) -> usize {
+/// Draws an eligible peer other than `skip` with probability proportional
+/// to its weight; `total` is the weight sum of those peers.
+fn weighted_draw<R: Rng + ?Sized>(
+    peers: &[PeerLoad],
+    skip: usize,
+    total: u64,
+    rng: &mut R,
+) -> usize {
     let mut r = rng.gen_range(0..total);
+    let mut last = 0;
     for (i, p) in peers.iter().enumerate() {
-        if !p.eligible {
+        if !p.eligible || i == skip {
             continue;
         }
+        last = i;
         let w = u64::from(p.weight.max(1));
         if r < w {
             return i;
         }
         r -= w;
     }
-    // Unreachable when total is the eligible weight sum.
-    peers.iter().rposition(|p| p.eligible).unwrap_or(0)
+    // Unreachable when total is the weight sum of the candidates.
+    last
 }
 
-/// Two independent weighted draws; the winner has fewer requests in flight
-/// per unit of weight (`inflight / weight`, compared exactly as
-/// `inflightₐ·w_b < inflight_b·wₐ`), then the lower recent latency, then the
-/// first draw. `None` when no peer is eligible.
+/// Expected cost of sending one more request to `p`: its recent latency
+/// times the requests it would then hold, per unit of weight.
+#[inline]
+fn cost(p: &PeerLoad) -> f64 {
+    let latency = if p.latency_ewma_ms.is_finite() {
+        p.latency_ewma_ms.max(LATENCY_FLOOR_MS)
+    } else {
+        LATENCY_FLOOR_MS
+    };
+    latency * (p.inflight as f64 + 1.0) / f64::from(p.weight.max(1))
+}
+
+/// The power of two choices: two weighted draws of different eligible
+/// peers; the one with the lower [`cost`] (`peak_ewma · (inflight + 1) /
+/// weight`) wins, the first draw on a tie. With equal costs the shares are
+/// the weights'; a peer that is slower or fuller than its weight says is
+/// passed over as long as the other draw is cheaper. `None` when no peer is
+/// eligible.
 pub fn p2c<R: Rng + ?Sized>(peers: &[PeerLoad], rng: &mut R) -> Option<usize> {
     let mut total = 0u64;
     let mut eligible = 0usize;
@@ -131,18 +169,33 @@ pub fn p2c<R: Rng + ?Sized>(peers: &[PeerLoad], rng: &mut R) -> Option<usize> {
         1 => return Some(last),
         _ => {}
     }
-    let a = weighted_draw(peers, total, rng);
-    let b = weighted_draw(peers, total, rng);
-    let (pa, pb) = (&peers[a], &peers[b]);
-    let load_a = u128::from(pa.inflight) * u128::from(pb.weight.max(1));
-    let load_b = u128::from(pb.inflight) * u128::from(pa.weight.max(1));
-    Some(
-        if load_b < load_a || (load_a == load_b && pb.latency_ewma_ms < pa.latency_ewma_ms) {
-            b
-        } else {
-            a
-        },
-    )
+    let a = weighted_draw(peers, usize::MAX, total, rng);
+    let rest = total - u64::from(peers[a].weight.max(1));
+    let b = weighted_draw(peers, a, rest, rng);
+    Some(if cost(&peers[b]) < cost(&peers[a]) {
+        b
+    } else {
+        a
+    })
+}
+
+/// For every peer slot, the other slots with the same address: a backend
+/// named by several upstreams (the research's one upstream per request
+/// type) holds the requests of all of them, so its load is the sum of
+/// their in-flight counts. `names[i]` is slot `i`'s address.
+pub fn same_address_slots(names: &[&str]) -> Vec<Vec<usize>> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            names
+                .iter()
+                .enumerate()
+                .filter(|&(j, m)| j != i && m == n)
+                .map(|(j, _)| j)
+                .collect()
+        })
+        .collect()
 }
 
 /// nginx's smooth weighted round robin over at most `N` peers.
@@ -261,15 +314,19 @@ mod tests {
     }
 
     #[test]
-    fn p2c_follows_weights_under_equal_load() {
-        let peers = loads(&[5, 3, 1]);
+    fn p2c_follows_weights_when_each_peer_is_as_loaded_as_its_weight_says() {
+        // (inflight + 1) / weight = 1 for every peer: equal costs.
+        let mut peers = loads(&[5, 3, 1]);
+        for p in &mut peers {
+            p.inflight = u64::from(p.weight) - 1;
+        }
         let mut rng = SmallRng::seed_from_u64(7);
         let mut counts = [0usize; 3];
         let n = 90_000;
         for _ in 0..n {
             counts[p2c(&peers, &mut rng).unwrap()] += 1;
         }
-        // Equal load: the first draw wins ties, so shares equal the weights'.
+        // Equal costs: the first draw wins ties, so shares equal the weights'.
         for (c, w) in counts.iter().zip([5.0, 3.0, 1.0]) {
             let share = *c as f64 / n as f64;
             assert!((share - w / 9.0).abs() < 0.01, "{counts:?}");
@@ -284,8 +341,9 @@ mod tests {
         let hits = (0..30_000)
             .filter(|_| p2c(&peers, &mut rng) == Some(2))
             .count();
-        // Peer 2 wins only when both draws pick it: 1/9.
-        assert!((hits as f64 / 30_000.0 - 1.0 / 9.0).abs() < 0.01, "{hits}");
+        // The two draws are different peers, so the loaded one always
+        // meets a cheaper one.
+        assert_eq!(hits, 0);
     }
 
     #[test]
@@ -297,7 +355,7 @@ mod tests {
         let ones = (0..1000)
             .filter(|_| p2c(&peers, &mut rng) == Some(1))
             .count();
-        assert!(ones > 700, "{ones}");
+        assert_eq!(ones, 1000, "equal load: the faster peer always wins");
         peers[1].eligible = false;
         assert_eq!(p2c(&peers, &mut rng), Some(0));
         peers[0].eligible = false;
@@ -338,14 +396,91 @@ mod tests {
     }
 
     #[test]
-    fn ewma_moves_towards_samples() {
-        assert_eq!(ewma_update(0.0, 10.0), 10.0);
-        let m = ewma_update(10.0, 20.0);
-        assert!((m - 12.0).abs() < 1e-12);
-        let mut m = 10.0;
-        for _ in 0..100 {
-            m = ewma_update(m, 50.0);
+    fn same_address_slots_pairs_equal_names_only() {
+        let names = ["a:1", "b:1", "a:1", "c:1", "a:1", "b:1"];
+        let s = same_address_slots(&names);
+        assert_eq!(s[0], vec![2, 4]);
+        assert_eq!(s[1], vec![5]);
+        assert_eq!(s[2], vec![0, 4]);
+        assert!(s[3].is_empty());
+        assert_eq!(s[5], vec![1]);
+        assert!(same_address_slots(&[]).is_empty());
+    }
+
+    #[test]
+    fn peak_ewma_function_matches_the_struct() {
+        let tau = PEAK_EWMA_TAU_MS;
+        assert_eq!(peak_ewma(0.0, 0, 10.0, tau), 10.0);
+        assert_eq!(peak_ewma(10.0, 0, 30.0, tau), 30.0);
+        assert_eq!(peak_ewma(30.0, 0, 10.0, tau), 30.0);
+        assert_eq!(peak_ewma(30.0, 100, f64::NAN, tau), 30.0);
+        let mut e = Ewma::new();
+        let mut m = 0.0;
+        let mut last = 0u64;
+        for (i, x) in [12.0, 3.0, 40.0, 8.0, 8.0, 1.0, 90.0, 2.0]
+            .iter()
+            .enumerate()
+        {
+            let now = 1_000 + 250 * i as u64;
+            e.observe(*x, now, tau);
+            m = peak_ewma(m, now - last, *x, tau);
+            last = now;
+            assert!(
+                (e.value() - m).abs() < 1e-12,
+                "step {i}: {} vs {m}",
+                e.value()
+            );
         }
-        assert!((m - 50.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn p2c_cost_weighs_latency_inflight_and_weight() {
+        let mut peers = loads(&[1, 1]);
+        // 10 ms with 1 in flight (cost 20) beats 5 ms with 4 (cost 25)
+        peers[0].latency_ewma_ms = 10.0;
+        peers[0].inflight = 1;
+        peers[1].latency_ewma_ms = 5.0;
+        peers[1].inflight = 4;
+        let mut rng = SmallRng::seed_from_u64(9);
+        assert!((0..200).all(|_| p2c(&peers, &mut rng) == Some(0)));
+        // twice the weight halves the cost: 25 / 2 < 20
+        peers[1].weight = 2;
+        assert!((0..200).all(|_| p2c(&peers, &mut rng) == Some(1)));
+        // no average yet counts as the floor, not as free
+        peers[1].latency_ewma_ms = 0.0;
+        peers[1].inflight = 100;
+        peers[1].weight = 1;
+        assert!((0..200).all(|_| p2c(&peers, &mut rng) == Some(0)));
+    }
+
+    proptest! {
+        #[test]
+        fn p2c_never_picks_the_single_costliest_peer(
+            peers in prop::collection::vec(
+                (1u32..10, 0u64..20, 0.0f64..50.0, prop::bool::weighted(0.8)), 1..8),
+            seed in any::<u64>(),
+        ) {
+            let peers: Vec<PeerLoad> = peers
+                .into_iter()
+                .map(|(weight, inflight, latency_ewma_ms, eligible)| PeerLoad {
+                    weight, inflight, latency_ewma_ms, eligible,
+                })
+                .collect();
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let eligible: Vec<usize> = (0..peers.len()).filter(|&i| peers[i].eligible).collect();
+            let got = p2c(&peers, &mut rng);
+            match eligible.len() {
+                0 => prop_assert_eq!(got, None),
+                1 => prop_assert_eq!(got, Some(eligible[0])),
+                _ => {
+                    let g = got.unwrap();
+                    prop_assert!(peers[g].eligible);
+                    // the winner beat (or tied) another eligible peer
+                    prop_assert!(eligible
+                        .iter()
+                        .any(|&i| i != g && cost(&peers[i]) >= cost(&peers[g])));
+                }
+            }
+        }
     }
 }
