@@ -295,12 +295,19 @@ pub struct Settings {
     pub nginx: PathBuf,
     /// deep_sched module, if it is to be evaluated.
     pub module: Option<PathBuf>,
-    /// `deep-sched` learner binary (needed with `module`).
+    /// `deep-sched` learner binary (needed with `module` unless `policy`).
     pub learner: Option<PathBuf>,
+    /// A policy to evaluate as is, instead of exploring and learning one.
+    pub policy: Option<PathBuf>,
     /// Length of one evaluation run.
     pub duration: Duration,
     /// Length of the exploration run.
     pub explore: Duration,
+    /// Explore under `choose=p2c` (the default) rather than smooth weighted
+    /// round robin: the samples then show each weight vector with the
+    /// per-request choice the policy is served with, and a bad vector does
+    /// not overload a weak peer for the whole interval.
+    pub explore_p2c: bool,
     /// Repetitions per balancer.
     pub reps: usize,
     /// nginx `worker_processes`.
@@ -516,6 +523,7 @@ pub fn explore(
     let balancer = Balancer::DeepSchedExplore {
         log: samples.clone(),
         interval_ms: EXPLORE_INTERVAL_MS,
+        p2c: settings.explore_p2c,
     };
     eprintln!("{}: exploring for {:?} ...", scenario.id, settings.explore);
     // its own arrival seed, unlike any evaluation repetition
@@ -625,8 +633,13 @@ pub fn run_scenario(
 ) -> Result<Vec<RunResult>, ExperimentError> {
     log_dir(scenario, settings)?;
     let mut balancers = builtin_balancers();
-    if let (Some(_), Some(learner)) = (&settings.module, &settings.learner) {
-        let policy = explore_and_learn(scenario, settings, learner)?;
+    let policy = match (&settings.module, &settings.policy, &settings.learner) {
+        (None, _, _) => None,
+        (Some(_), Some(given), _) => Some(given.clone()),
+        (Some(_), None, Some(learner)) => Some(explore_and_learn(scenario, settings, learner)?),
+        (Some(_), None, None) => None,
+    };
+    if let Some(policy) = policy {
         for p2c in [false, true] {
             balancers.push(Balancer::DeepSched {
                 policy: policy.clone(),

@@ -26,12 +26,16 @@ pub enum Balancer {
     RandomTwo,
     /// `hash $request_id consistent` (ketama ring keyed per request).
     HashConsistent,
-    /// `deep_sched explore interval=... log=...;` (data collection).
+    /// `deep_sched explore interval=... [choose=p2c] log=...;` (data
+    /// collection).
     DeepSchedExplore {
         /// Sample log to append to.
         log: PathBuf,
         /// Decision interval, ms.
         interval_ms: u64,
+        /// Explore under `choose=p2c`, the per-request choice the policy
+        /// will be served with.
+        p2c: bool,
     },
     /// `deep_sched POLICY [choose=p2c] [log=...];`.
     DeepSched {
@@ -39,7 +43,7 @@ pub enum Balancer {
         policy: PathBuf,
         /// Optional sample log of the decisions (for the state timeline).
         log: Option<PathBuf>,
-        /// `choose=p2c` (the less loaded of two weighted draws) instead of
+        /// `choose=p2c` (the cheaper of two weighted draws) instead of
         /// smooth weighted round robin.
         p2c: bool,
     },
@@ -66,8 +70,13 @@ impl Balancer {
             Balancer::LeastConn => "least_conn;".to_string(),
             Balancer::RandomTwo => "random two least_conn;".to_string(),
             Balancer::HashConsistent => "hash $request_id consistent;".to_string(),
-            Balancer::DeepSchedExplore { log, interval_ms } => format!(
-                "deep_sched explore interval={interval_ms}ms log={};",
+            Balancer::DeepSchedExplore {
+                log,
+                interval_ms,
+                p2c,
+            } => format!(
+                "deep_sched explore interval={interval_ms}ms{} log={};",
+                if *p2c { " choose=p2c" } else { "" },
                 log.display()
             ),
             Balancer::DeepSched { policy, log, p2c } => {
@@ -391,10 +400,20 @@ mod tests {
         let b = Balancer::DeepSchedExplore {
             log: "/tmp/s.jsonl".into(),
             interval_ms: 1000,
+            p2c: false,
         };
         assert_eq!(
             b.directive(),
             "deep_sched explore interval=1000ms log=/tmp/s.jsonl;"
+        );
+        let e = Balancer::DeepSchedExplore {
+            log: "/tmp/s.jsonl".into(),
+            interval_ms: 1000,
+            p2c: true,
+        };
+        assert_eq!(
+            e.directive(),
+            "deep_sched explore interval=1000ms choose=p2c log=/tmp/s.jsonl;"
         );
         assert!(b.needs_module() && !Balancer::LeastConn.needs_module());
         let p = Balancer::DeepSched {

@@ -51,6 +51,8 @@ fn settings(tag: &str) -> Option<(Settings, tempdir::Dir)> {
             learner: None,
             duration: Duration::from_secs(3),
             explore: Duration::from_secs(3),
+            explore_p2c: true,
+            policy: None,
             reps: 1,
             worker_processes: 1,
             work_dir: work.0.clone(),

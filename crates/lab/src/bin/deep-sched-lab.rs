@@ -49,6 +49,10 @@ struct Common {
     /// Base seed of arrivals and service times.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Per-request choice during exploration runs: `p2c` (what policies
+    /// are served with) or `wrr`.
+    #[arg(long, default_value = "p2c", value_parser = ["p2c", "wrr"])]
+    explore_choose: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,6 +89,10 @@ enum Cmd {
         /// (`--learn-arg=--states --learn-arg=auto`).
         #[arg(long = "learn-arg", allow_hyphen_values = true)]
         learn_args: Vec<String>,
+        /// Evaluate this policy instead of exploring and learning one (one
+        /// scenario at a time; needs --module).
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// Only the exploration run of a scenario (`deep_sched explore`):
     /// writes its sample log, for the learner.
@@ -154,6 +162,8 @@ fn settings(common: &Common) -> anyhow::Result<Settings> {
         learner: None,
         duration: Duration::from_secs(30),
         explore: Duration::from_secs(120),
+        explore_p2c: common.explore_choose == "p2c",
+        policy: None,
         reps: 3,
         worker_processes: common.worker_processes,
         work_dir: abs(&work_dir),
@@ -206,6 +216,7 @@ fn main() -> anyhow::Result<()> {
             explore,
             only,
             learn_args,
+            policy,
         } => {
             let chosen: Vec<Scenario> = if scenarios.iter().any(|s| s == "all") {
                 Scenario::all()
@@ -222,13 +233,25 @@ fn main() -> anyhow::Result<()> {
             let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
             if let Some(m) = &module {
                 anyhow::ensure!(m.is_file(), "--module {}: no such file", m.display());
-                anyhow::ensure!(learner.is_some(), "--module needs --learner");
+                anyhow::ensure!(
+                    learner.is_some() || policy.is_some(),
+                    "--module needs --learner (or --policy)"
+                );
+            }
+            if let Some(p) = &policy {
+                anyhow::ensure!(module.is_some(), "--policy needs --module");
+                anyhow::ensure!(p.is_file(), "--policy {}: no such file", p.display());
+                anyhow::ensure!(
+                    chosen.len() == 1,
+                    "--policy names peers by address: give one scenario"
+                );
             }
             let settings = Settings {
                 duration,
                 reps: reps.max(1),
                 module: module.map(abs),
                 learner: learner.map(abs),
+                policy: policy.map(abs),
                 explore,
                 only,
                 learn_args,
