@@ -2,7 +2,8 @@
 # Runs every test of deep_sched: installs what is missing, builds nginx and
 # the module into build/, checks formatting and lints, then runs the unit and
 # property tests of every crate and the end-to-end tests against a real nginx
-# (plus the container tests when a Docker engine is reachable).
+# (plus the container tests when a Docker engine is reachable), and the
+# quick demo (scripts/test-demo.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,8 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --release --no-fail-fast 2>&1 | tee -a "$log" || status=1
 cargo test --release --manifest-path crates/core/fuzz/Cargo.toml 2>&1 | tee -a "$log" || status=1
+# The main job end to end (scripts/demo.sh --quick, ~3 min), checked.
+scripts/test-demo.sh 2>&1 | tee -a "$log" || status=1
 # One closing line over every test binary (cargo prints one per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
