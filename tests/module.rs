@@ -658,6 +658,16 @@ fn p2c_avoids_a_loaded_peer_and_honours_down() {
         "slow peer not avoided: {n:?}"
     );
     assert_eq!(st["agents"][0]["choose"], "p2c");
+    let ewma: Vec<f64> = st["agents"][0]["upstreams"][0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["latencyEwmaMsec"].as_f64().unwrap())
+        .collect();
+    assert!(
+        ewma[2] > 2.0 * ewma[0].max(ewma[1]).max(1.0),
+        "the slow peer's latency average: {ewma:?}"
+    );
 }
 
 /// `choose=p2c` counts a backend's requests in flight from every upstream

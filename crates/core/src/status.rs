@@ -154,6 +154,10 @@ pub struct PeerStatus {
     pub request_msecs: Percentiles,
     /// Requests now at the peer.
     pub inflight: u64,
+    /// Peak-EWMA response time, ms: the latency `choose=p2c` compares
+    /// (0 before the first response).
+    #[serde(rename = "latencyEwmaMsec")]
+    pub latency_ewma_msec: f64,
     /// Requests per second since the last decision.
     pub rps: f64,
     /// Weight in force (the current action's).
@@ -325,6 +329,12 @@ impl StatusDocument {
             peer_rows(&|p| p.inflight.to_string()),
         );
         family(
+            "peer_latency_ewma_msec",
+            "gauge",
+            "Peak-EWMA response time, milliseconds (what choose=p2c compares).",
+            peer_rows(&|p| format!("{}", p.latency_ewma_msec)),
+        );
+        family(
             "peer_rps",
             "gauge",
             "Requests per second over the last decision interval.",
@@ -360,6 +370,7 @@ mod tests {
                 p99: 45.5,
             },
             inflight: 2,
+            latency_ewma_msec: 11.25,
             rps: 50.5,
             weight: w,
             configured_weight: 1,
@@ -400,6 +411,7 @@ mod tests {
         assert_eq!(p["responses"]["5xx"], 1);
         assert_eq!(p["requestMsecCounter"], 1200);
         assert_eq!(p["weight"], 5);
+        assert_eq!(p["latencyEwmaMsec"], 11.25);
         assert_eq!(v["agents"][0]["state"], 3);
         assert!(v["agents"][0]["action"].is_null());
     }
@@ -416,6 +428,7 @@ mod tests {
             "peer_responses_total",
             "peer_response_msec",
             "peer_inflight",
+            "peer_latency_ewma_msec",
             "peer_weight",
         ] {
             assert!(
