@@ -236,13 +236,7 @@ fn policy_moves_weight_away_from_a_slow_peer() {
         turned.elapsed() <= Duration::from_millis(1000 + 400),
         "within two intervals"
     );
-    let weights: Vec<u64> = st["agents"][0]["upstreams"][0]["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["weight"].as_u64().unwrap())
-        .collect();
-    assert_eq!(weights, vec![5, 5, 1]);
+    assert_eq!(peer_field(&st, "weight"), vec![5.0, 5.0, 1.0]);
 
     // Share of new requests while slow.
     let before: Vec<u64> = peer_requests(&nginx.status());
@@ -261,12 +255,20 @@ fn policy_moves_weight_away_from_a_slow_peer() {
     assert_eq!(failed, 0);
 }
 
-fn peer_requests(st: &Value) -> Vec<u64> {
+/// One numeric field of every peer of the first agent's first upstream.
+fn peer_field(st: &Value, field: &str) -> Vec<f64> {
     st["agents"][0]["upstreams"][0]["peers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["requestCounter"].as_u64().unwrap())
+        .map(|p| p[field].as_f64().unwrap())
+        .collect()
+}
+
+fn peer_requests(st: &Value) -> Vec<u64> {
+    peer_field(st, "requestCounter")
+        .into_iter()
+        .map(|x| x as u64)
         .collect()
 }
 
@@ -658,12 +660,7 @@ fn p2c_avoids_a_loaded_peer_and_honours_down() {
         "slow peer not avoided: {n:?}"
     );
     assert_eq!(st["agents"][0]["choose"], "p2c");
-    let ewma: Vec<f64> = st["agents"][0]["upstreams"][0]["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["latencyEwmaMsec"].as_f64().unwrap())
-        .collect();
+    let ewma = peer_field(&st, "latencyEwmaMsec");
     assert!(
         ewma[2] > 2.0 * ewma[0].max(ewma[1]).max(1.0),
         "the slow peer's latency average: {ewma:?}"
