@@ -95,9 +95,7 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                                 p99: percentile(&c.latency_hist, 0.99),
                             },
                             inflight: c.inflight,
-                            latency_ewma_msec: f64::from_bits(
-                                s.latency_ewma.load(Ordering::Relaxed),
-                            ),
+                            latency_ewma_msec: s.latency_ewma_ms(),
                             rps: c.requests.saturating_sub(prev) as f64 / since,
                             weight: s.weight.load(Ordering::Relaxed),
                             configured_weight: u.configured_weights[i],

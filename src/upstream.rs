@@ -405,9 +405,7 @@ unsafe fn get_p2c_peer(
                         .map_or(0, |v| v.iter().map(|&j| view.peer(j).inflight()).sum());
                     s.inflight() + others
                 }),
-                latency_ewma_ms: slot.map_or(0.0, |s| {
-                    f64::from_bits(s.latency_ewma.load(core::sync::atomic::Ordering::Relaxed))
-                }),
+                latency_ewma_ms: slot.map_or(0.0, |s| s.latency_ewma_ms()),
                 eligible,
             };
         }

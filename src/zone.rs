@@ -108,16 +108,17 @@ impl PeerSlot {
         c.latency_hist[bucket].fetch_add(1, Ordering::Relaxed);
         // A racy read-modify-write is acceptable for a smoothed signal: a lost
         // update only skips one sample.
-        use deep_sched_core::choose::{peak_ewma, FAILURE_PENALTY_MS, PEAK_EWMA_TAU_MS};
-        let sample = if outcome.failed {
-            (outcome.response_msec as f64).max(FAILURE_PENALTY_MS)
-        } else {
-            outcome.response_msec as f64
-        };
-        let old = f64::from_bits(self.latency_ewma.load(Ordering::Relaxed));
+        use deep_sched_core::choose::{peak_ewma, try_latency_ms, PEAK_EWMA_TAU_MS};
+        let sample = try_latency_ms(outcome.response_msec, outcome.failed);
+        let old = self.latency_ewma_ms();
         let last = self.latency_stamp_ms.swap(now_ms, Ordering::Relaxed);
         let new = peak_ewma(old, now_ms.saturating_sub(last), sample, PEAK_EWMA_TAU_MS);
         self.latency_ewma.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The peer's peak-EWMA latency, ms (0 before the first response).
+    pub fn latency_ewma_ms(&self) -> f64 {
+        f64::from_bits(self.latency_ewma.load(Ordering::Relaxed))
     }
 
     /// Current in-flight count, never negative.

@@ -46,6 +46,19 @@ pub const FAILURE_PENALTY_MS: f64 = 1000.0;
 /// no average.
 pub const LATENCY_FLOOR_MS: f64 = 1.0;
 
+/// The latency sample one finished try contributes to its peer's peak
+/// EWMA, ms: the response time, or at least [`FAILURE_PENALTY_MS`] when
+/// nginx counted the try as a failure of the peer.
+#[inline]
+pub fn try_latency_ms(response_ms: u64, failed: bool) -> f64 {
+    let ms = response_ms as f64;
+    if failed {
+        ms.max(FAILURE_PENALTY_MS)
+    } else {
+        ms
+    }
+}
+
 /// One step of the peak EWMA ([`Ewma`]) as a pure function of plain
 /// values, for callers that keep the average in atomics: the new average
 /// after `sample_ms` arrives `elapsed_ms` after the previous sample.
@@ -393,6 +406,16 @@ mod tests {
         e.observe(f64::NAN, 61_000, tau);
         e.observe(-1.0, 61_000, tau);
         assert!((e.value() - 2.0).abs() < 1e-9, "bad samples are ignored");
+    }
+
+    #[test]
+    fn a_failed_try_counts_as_slow_never_fast() {
+        assert_eq!(try_latency_ms(7, false), 7.0);
+        assert_eq!(try_latency_ms(0, true), FAILURE_PENALTY_MS);
+        assert_eq!(try_latency_ms(3_000, true), 3_000.0);
+        // a peer that fails fast stops looking cheap
+        let m = peak_ewma(2.0, 10, try_latency_ms(1, true), PEAK_EWMA_TAU_MS);
+        assert_eq!(m, FAILURE_PENALTY_MS);
     }
 
     #[test]

@@ -634,10 +634,9 @@ pub fn run_scenario(
     log_dir(scenario, settings)?;
     let mut balancers = builtin_balancers();
     let policy = match (&settings.module, &settings.policy, &settings.learner) {
-        (None, _, _) => None,
         (Some(_), Some(given), _) => Some(given.clone()),
         (Some(_), None, Some(learner)) => Some(explore_and_learn(scenario, settings, learner)?),
-        (Some(_), None, None) => None,
+        _ => None,
     };
     if let Some(policy) = policy {
         for p2c in [false, true] {
