@@ -17,6 +17,13 @@
 //! upstream the weights with the best mean reward over the whole log
 //! (equal weights when nothing was tried often enough).
 //!
+//! **Anchoring.** Weight vectors are pooled by their ratios ([`canonical`]).
+//! Equal weights are the baseline: another vector is allowed in a state
+//! only if its mean reward there beats equal weights' by a margin that
+//! shrinks with the visits of both ([`Mdp::anchor`], `anchor` = κ). On
+//! identical peers no vector passes and the table keeps equal weights;
+//! a weak peer's lower weight passes once the log shows it.
+//!
 //! **Few samples.** A state needs data: with fewer than 10 intervals per
 //! requested state, K is lowered to `n / 10` (at least 2) and the summary
 //! says so.
@@ -84,6 +91,8 @@ pub struct LearnOptions {
     pub min_visits: u64,
     /// Weight `β` of the lower confidence bound on rewards (0: plain means).
     pub pessimism: f64,
+    /// Weight `κ` of the test against equal weights ([`Mdp::anchor`]; 0: off).
+    pub anchor: f64,
     pub reg_covar: f64,
     pub tol: f64,
     pub max_iter: usize,
@@ -106,6 +115,7 @@ impl Default for LearnOptions {
             smoothing: 0.1,
             min_visits: 2,
             pessimism: 1.0,
+            anchor: 3.0,
             reg_covar: 1e-3,
             tol: 1e-4,
             max_iter: 200,
@@ -127,6 +137,8 @@ pub enum LearnError {
     Invalid(#[from] deep_sched_core::policy::PolicyError),
     #[error("{0}")]
     Data(String),
+    #[error("--{0}")]
+    Option(String),
 }
 
 /// What the pipeline keeps of the intervals once read: a few numbers per
@@ -156,6 +168,24 @@ struct Rows {
 /// `Rows::next` of an interval whose next weights are unknown.
 const NO_ACTION: u32 = u32::MAX;
 
+/// A weight vector divided by the greatest common divisor of its entries.
+/// Both per-request choices (smooth weighted round robin and p2c) use
+/// weights only through their ratios, so 3/3/3 and 1/1/1 are one action
+/// and their intervals are pooled.
+pub fn canonical(w: &[u32]) -> Vec<u32> {
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    match w.iter().fold(0, |g, &x| gcd(g, x)) {
+        0 | 1 => w.to_vec(),
+        g => w.iter().map(|x| x / g).collect(),
+    }
+}
+
 impl Rows {
     fn len(&self) -> usize {
         self.time_ms.len()
@@ -176,15 +206,18 @@ impl Rows {
             self.rps.push(i.rps);
             self.next.push(match &o.next_weights {
                 None => NO_ACTION,
-                Some(w) => match self.index[u].get(&w[u]) {
-                    Some(&a) => a,
-                    None => {
-                        let a = self.catalogue[u].len() as u32;
-                        self.catalogue[u].push(w[u].clone());
-                        self.index[u].insert(w[u].clone(), a);
-                        a
+                Some(w) => {
+                    let w = canonical(&w[u]);
+                    match self.index[u].get(&w) {
+                        Some(&a) => a,
+                        None => {
+                            let a = self.catalogue[u].len() as u32;
+                            self.catalogue[u].push(w.clone());
+                            self.index[u].insert(w, a);
+                            a
+                        }
                     }
-                },
+                }
             });
         }
         let peers: usize = o.deltas.iter().map(Vec::len).sum();
@@ -237,6 +270,23 @@ pub fn learn(
     mut progress: impl FnMut(&str, usize, f64),
 ) -> Result<Learned, LearnError> {
     let reward = Expr::parse(&opts.reward)?;
+    for (name, v, ok) in [
+        ("gamma", opts.gamma, (0.0..1.0).contains(&opts.gamma)),
+        ("pessimism", opts.pessimism, opts.pessimism >= 0.0),
+        ("anchor", opts.anchor, opts.anchor >= 0.0),
+        ("smoothing", opts.smoothing, opts.smoothing >= 0.0),
+    ] {
+        if !ok || !v.is_finite() {
+            return Err(LearnError::Option(format!(
+                "{name} {v}: must be {}",
+                if name == "gamma" {
+                    "at least 0 and below 1"
+                } else {
+                    "a number at least 0"
+                }
+            )));
+        }
+    }
     let mut raw: Vec<f64> = Vec::new();
     let mut rows = Rows::default();
     let mut d = 0usize;
@@ -376,6 +426,43 @@ pub fn learn(
         ));
     }
 
+    // The baseline of every upstream: equal weights, when they were tried.
+    let baseline: Vec<usize> = (0..nu)
+        .map(|u| {
+            let equal = vec![1; shape.upstreams[u].peers.len()];
+            action_sets[u].binary_search(&equal).unwrap_or(usize::MAX)
+        })
+        .collect();
+
+    // Action 0, the fallback (states without an allowed action, and
+    // observations out of distribution): per upstream, the weight vector
+    // with the best mean reward over all logged transitions among those
+    // tried at least `min_visits` times (and, when anchoring, better than
+    // equal weights by the same test, states ignored); equal weights if
+    // none qualifies.
+    let neutral: Vec<Vec<u32>> = (0..nu)
+        .map(|u| {
+            let na = action_sets[u].len();
+            let flat: Vec<Transition> = per_upstream[u]
+                .iter()
+                .map(|t| Transition { s: 0, s2: 0, ..*t })
+                .collect();
+            let m = Mdp::estimate(1, na, &flat, 0.0, opts.min_visits).anchor(
+                &flat,
+                baseline[u],
+                opts.anchor,
+                opts.min_visits,
+            );
+            (0..na)
+                .filter(|&a| m.allowed[a])
+                .max_by(|&a, &b| m.r[a].total_cmp(&m.r[b]).then(b.cmp(&a)))
+                .map_or_else(
+                    || vec![1; shape.upstreams[u].peers.len()],
+                    |a| action_sets[u][a].clone(),
+                )
+        })
+        .collect();
+
     // Solve per upstream.
     let mut chosen: Vec<Vec<Option<usize>>> = Vec::with_capacity(nu);
     let mut summary_rows = Vec::new();
@@ -383,6 +470,7 @@ pub fn learn(
         let na = action_sets[u].len();
         let data = &per_upstream[u];
         let mdp = Mdp::estimate(k, na, data, opts.smoothing, opts.min_visits)
+            .anchor(data, baseline[u], opts.anchor, opts.min_visits)
             .pessimistic(data, opts.pessimism);
         let (pi, _) = match opts.algorithm {
             Algorithm::ValueIteration => mdp.value_iteration(opts.gamma, 1e-9, 100_000),
@@ -425,13 +513,19 @@ pub fn learn(
         let exp = |v: &[f64]| v.iter().zip(&occupancy).map(|(v, o)| v * o).sum::<f64>();
         let seen = mdp.n.iter().filter(|&&c| c > 0).count();
         let allowed = mdp.allowed.iter().filter(|&&a| a).count();
+        let equal = pi
+            .iter()
+            .map(|a| a.map_or(&neutral[u], |a| &action_sets[u][a]))
+            .filter(|w| w.iter().all(|&x| x == 1))
+            .count();
         summary_rows.push(format!(
-            "upstream {}: {} actions, {} transitions, (state, action) pairs seen {seen}/{} ({allowed} with >= {} visits); expected discounted reward: policy {:.2}, uniform {:.2} ({:+.1}%)",
+            "upstream {}: {} actions, {} transitions, (state, action) pairs seen {seen}/{} ({allowed} allowed: >= {} visits{}); equal weights in {equal}/{k} states; expected discounted reward: policy {:.2}, uniform {:.2} ({:+.1}%)",
             shape.upstreams[u].name,
             na,
             data.len(),
             k * na,
             opts.min_visits,
+            if opts.anchor > 0.0 { ", better than equal weights" } else { "" },
             exp(&v_pi),
             exp(&v_uniform),
             100.0 * (exp(&v_pi) - exp(&v_uniform)) / exp(&v_uniform).abs().max(1e-9),
@@ -439,29 +533,6 @@ pub fn learn(
         chosen.push(pi);
     }
 
-    // Action 0, the fallback (states without an allowed action, and
-    // observations out of distribution): per upstream, the weight vector
-    // with the best mean reward over all logged transitions among those
-    // tried at least `min_visits` times; equal weights if none qualifies.
-    let neutral: Vec<Vec<u32>> = (0..nu)
-        .map(|u| {
-            let na = action_sets[u].len();
-            let mut sum = vec![0.0; na];
-            let mut cnt = vec![0u64; na];
-            for t in &per_upstream[u] {
-                sum[t.a] += t.r;
-                cnt[t.a] += 1;
-            }
-            let mean = |a: usize| sum[a] / cnt[a] as f64;
-            (0..na)
-                .filter(|&a| cnt[a] >= opts.min_visits.max(1))
-                .max_by(|&a, &b| mean(a).total_cmp(&mean(b)).then(b.cmp(&a)))
-                .map_or_else(
-                    || vec![1; shape.upstreams[u].peers.len()],
-                    |a| action_sets[u][a].clone(),
-                )
-        })
-        .collect();
     let mut actions = vec![neutral.clone()];
     let mut table = Vec::with_capacity(k);
     // `s` indexes every upstream's choices `chosen[u][s]`.
@@ -635,4 +706,20 @@ pub fn learn(
             standardization: Standardization { mean, std },
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical;
+
+    #[test]
+    fn weight_vectors_are_pooled_by_their_ratios() {
+        assert_eq!(canonical(&[3, 3, 3]), vec![1, 1, 1]);
+        assert_eq!(canonical(&[5, 5, 5]), vec![1, 1, 1]);
+        assert_eq!(canonical(&[6, 3, 9]), vec![2, 1, 3]);
+        assert_eq!(canonical(&[5, 3, 1]), vec![5, 3, 1]);
+        assert_eq!(canonical(&[4, 0, 2]), vec![2, 0, 1]);
+        assert_eq!(canonical(&[0, 0]), vec![0, 0]);
+        assert_eq!(canonical(&[]), Vec::<u32>::new());
+    }
 }

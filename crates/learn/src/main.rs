@@ -77,6 +77,9 @@ enum Command {
         /// Rewards are lowered by PESSIMISM x sd / sqrt(visits) (a lower confidence bound); 0 uses plain means.
         #[arg(long, default_value_t = 1.0)]
         pessimism: f64,
+        /// Other weights than equal ones must beat them by ANCHOR x pooled sd x sqrt(1/n + 1/n_equal) in a state to be used there; 0 turns the test off.
+        #[arg(long, default_value_t = 3.0)]
+        anchor: f64,
         #[arg(long, default_value_t = 2)]
         n_init: usize,
         #[arg(long, default_value_t = 200)]
@@ -159,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             gamma,
             min_visits,
             pessimism,
+            anchor,
             n_init,
             max_iter,
             tol,
@@ -207,6 +211,7 @@ fn main() -> anyhow::Result<()> {
                 gamma,
                 min_visits,
                 pessimism,
+                anchor,
                 n_init,
                 max_iter,
                 tol,
