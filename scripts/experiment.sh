@@ -14,7 +14,8 @@
 # RESULTS (results), LEARN_ARGS (extra `deep-sched learn` arguments, e.g.
 # "--states auto"), POLICY (evaluate this policy instead of exploring and
 # learning; one scenario), EXPLORE_CHOOSE (p2c or wrr: the per-request choice
-# of the exploration run, default p2c). deep_sched is evaluated when build/sbin/nginx,
+# of the exploration run, default p2c), EXPLORE_WEIGHTS (the exploration set,
+# default 1,3). deep_sched is evaluated when build/sbin/nginx,
 # build/modules/ngx_http_deep_sched_module.so and the learner exist
 # (scripts/build.sh); otherwise only nginx's own balancers run.
 # Time: about (4 or 5 balancers) x REPS x (DURATION + 2 s) + EXPLORE per
@@ -43,5 +44,6 @@ if [[ ${args[0]} == distribution ]]; then
 fi
 exec target/release/deep-sched-lab run "${args[@]}" --nginx "$NGINX" --results "${RESULTS:-results}" \
     --duration "$duration" --reps "$reps" --explore "$explore" "${MODULE_ARGS[@]}" \
-    --explore-choose "${EXPLORE_CHOOSE:-p2c}" ${POLICY:+--policy "$POLICY"} \
+    --explore-choose "${EXPLORE_CHOOSE:-p2c}" --explore-weights "${EXPLORE_WEIGHTS:-1,3}" \
+    ${POLICY:+--policy "$POLICY"} \
     ${LEARN_ARGS:+$(printf -- '--learn-arg=%s ' $LEARN_ARGS)}

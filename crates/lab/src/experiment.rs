@@ -308,6 +308,12 @@ pub struct Settings {
     /// per-request choice the policy is served with, and a bad vector does
     /// not overload a weak peer for the whole interval.
     pub explore_p2c: bool,
+    /// The exploration set (`weights=`). The lab's default, 1 and 3, gives
+    /// 7 distinct weight ratios over three peers instead of 1,3,5's 25, so
+    /// a three-minute exploration tries each about 25 times rather than 7:
+    /// enough for the learner's test against equal weights to see a real
+    /// gain.
+    pub explore_weights: Vec<u32>,
     /// Repetitions per balancer.
     pub reps: usize,
     /// nginx `worker_processes`.
@@ -523,6 +529,7 @@ pub fn explore(
     let balancer = Balancer::DeepSchedExplore {
         log: samples.clone(),
         interval_ms: EXPLORE_INTERVAL_MS,
+        weights: settings.explore_weights.clone(),
         p2c: settings.explore_p2c,
     };
     eprintln!("{}: exploring for {:?} ...", scenario.id, settings.explore);

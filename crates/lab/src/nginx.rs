@@ -26,11 +26,13 @@ pub enum Balancer {
     RandomTwo,
     /// `hash $request_id consistent` (ketama ring keyed per request).
     HashConsistent,
-    /// `deep_sched explore interval=... [choose=p2c] log=...;` (data
-    /// collection).
+    /// `deep_sched explore weights=... interval=... [choose=p2c] log=...;`
+    /// (data collection).
     DeepSchedExplore {
         /// Sample log to append to.
         log: PathBuf,
+        /// The exploration set (`weights=`).
+        weights: Vec<u32>,
         /// Decision interval, ms.
         interval_ms: u64,
         /// Explore under `choose=p2c`, the per-request choice the policy
@@ -72,10 +74,16 @@ impl Balancer {
             Balancer::HashConsistent => "hash $request_id consistent;".to_string(),
             Balancer::DeepSchedExplore {
                 log,
+                weights,
                 interval_ms,
                 p2c,
             } => format!(
-                "deep_sched explore interval={interval_ms}ms{} log={};",
+                "deep_sched explore weights={} interval={interval_ms}ms{} log={};",
+                weights
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
                 if *p2c { " choose=p2c" } else { "" },
                 log.display()
             ),
@@ -399,21 +407,23 @@ mod tests {
     fn deep_sched_directives() {
         let b = Balancer::DeepSchedExplore {
             log: "/tmp/s.jsonl".into(),
+            weights: vec![1, 3, 5],
             interval_ms: 1000,
             p2c: false,
         };
         assert_eq!(
             b.directive(),
-            "deep_sched explore interval=1000ms log=/tmp/s.jsonl;"
+            "deep_sched explore weights=1,3,5 interval=1000ms log=/tmp/s.jsonl;"
         );
         let e = Balancer::DeepSchedExplore {
             log: "/tmp/s.jsonl".into(),
+            weights: vec![1, 3],
             interval_ms: 1000,
             p2c: true,
         };
         assert_eq!(
             e.directive(),
-            "deep_sched explore interval=1000ms choose=p2c log=/tmp/s.jsonl;"
+            "deep_sched explore weights=1,3 interval=1000ms choose=p2c log=/tmp/s.jsonl;"
         );
         assert!(b.needs_module() && !Balancer::LeastConn.needs_module());
         let p = Balancer::DeepSched {

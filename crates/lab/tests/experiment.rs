@@ -52,6 +52,7 @@ fn settings(tag: &str) -> Option<(Settings, tempdir::Dir)> {
             duration: Duration::from_secs(3),
             explore: Duration::from_secs(3),
             explore_p2c: true,
+            explore_weights: vec![1, 3],
             policy: None,
             reps: 1,
             worker_processes: 1,

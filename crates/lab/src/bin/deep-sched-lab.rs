@@ -53,6 +53,12 @@ struct Common {
     /// are served with) or `wrr`.
     #[arg(long, default_value = "p2c", value_parser = ["p2c", "wrr"])]
     explore_choose: String,
+    /// Exploration set: the weights each peer draws from during
+    /// exploration runs (`deep_sched explore weights=`). Fewer values mean
+    /// fewer weight vectors, each tried more often.
+    #[arg(long, value_delimiter = ',', default_value = "1,3",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    explore_weights: Vec<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +169,7 @@ fn settings(common: &Common) -> anyhow::Result<Settings> {
         duration: Duration::from_secs(30),
         explore: Duration::from_secs(120),
         explore_p2c: common.explore_choose == "p2c",
+        explore_weights: common.explore_weights.clone(),
         policy: None,
         reps: 3,
         worker_processes: common.worker_processes,
