@@ -21,6 +21,13 @@ fn synth_file(name: &str, records: usize, seed: u64) -> PathBuf {
     p
 }
 
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::ValueIteration,
+    Algorithm::PolicyIteration,
+    Algorithm::QLearning,
+    Algorithm::Bandit,
+];
+
 fn opts(k: usize, algo: Algorithm) -> LearnOptions {
     LearnOptions {
         states: States::Fixed(k),
@@ -72,12 +79,7 @@ fn slow_peer_avoidance(policy: &Policy, samples: &Path) -> f64 {
 #[test]
 fn synth_learn_moves_weight_away_from_the_slow_peer() {
     let samples = synth_file("e2e.jsonl", 2400, 7);
-    for algo in [
-        Algorithm::ValueIteration,
-        Algorithm::PolicyIteration,
-        Algorithm::QLearning,
-        Algorithm::Bandit,
-    ] {
+    for algo in ALGORITHMS {
         let learned = learn(std::slice::from_ref(&samples), &opts(8, algo), |_, _, _| {}).unwrap();
         let text = serde_json::to_string(&learned.policy).unwrap();
         let policy = Policy::from_json_str(&text, "learned").unwrap();
@@ -333,12 +335,7 @@ fn identical_peers_keep_equal_weights() {
     // follows the noise (which shows this test can fail).
     let p = tmp("identical.jsonl");
     synth(300, 11, 1_000_000, &mut std::fs::File::create(&p).unwrap()).unwrap();
-    for algo in [
-        Algorithm::ValueIteration,
-        Algorithm::PolicyIteration,
-        Algorithm::QLearning,
-        Algorithm::Bandit,
-    ] {
+    for algo in ALGORITHMS {
         let learned = learn(std::slice::from_ref(&p), &opts(4, algo), |_, _, _| {}).unwrap();
         assert_eq!(
             weight_vectors(&learned.policy),
@@ -358,51 +355,25 @@ fn identical_peers_keep_equal_weights() {
 #[test]
 fn bad_learning_options_are_refused_by_name() {
     let samples = synth_file("options.jsonl", 50, 1);
-    for (opts, expect) in [
+    type Set = fn(&mut LearnOptions);
+    let cases: [(Set, &str); 6] = [
         (
-            LearnOptions {
-                gamma: 1.0,
-                ..opts(2, Algorithm::ValueIteration)
-            },
+            |o| o.gamma = 1.0,
             "--gamma 1: must be at least 0 and below 1",
         ),
+        (|o| o.gamma = -0.1, "--gamma -0.1"),
         (
-            LearnOptions {
-                gamma: -0.1,
-                ..opts(2, Algorithm::ValueIteration)
-            },
-            "--gamma -0.1",
-        ),
-        (
-            LearnOptions {
-                anchor: -1.0,
-                ..opts(2, Algorithm::ValueIteration)
-            },
+            |o| o.anchor = -1.0,
             "--anchor -1: must be a number at least 0",
         ),
-        (
-            LearnOptions {
-                anchor: f64::NAN,
-                ..opts(2, Algorithm::ValueIteration)
-            },
-            "--anchor NaN",
-        ),
-        (
-            LearnOptions {
-                pessimism: f64::INFINITY,
-                ..opts(2, Algorithm::ValueIteration)
-            },
-            "--pessimism inf",
-        ),
-        (
-            LearnOptions {
-                smoothing: -0.5,
-                ..opts(2, Algorithm::ValueIteration)
-            },
-            "--smoothing -0.5",
-        ),
-    ] {
-        let err = learn(std::slice::from_ref(&samples), &opts, |_, _, _| {}).unwrap_err();
+        (|o| o.anchor = f64::NAN, "--anchor NaN"),
+        (|o| o.pessimism = f64::INFINITY, "--pessimism inf"),
+        (|o| o.smoothing = -0.5, "--smoothing -0.5"),
+    ];
+    for (set, expect) in cases {
+        let mut o = opts(2, Algorithm::ValueIteration);
+        set(&mut o);
+        let err = learn(std::slice::from_ref(&samples), &o, |_, _, _| {}).unwrap_err();
         assert!(
             err.to_string().starts_with(expect),
             "{err} (expected {expect})"
