@@ -270,21 +270,30 @@ pub fn learn(
     mut progress: impl FnMut(&str, usize, f64),
 ) -> Result<Learned, LearnError> {
     let reward = Expr::parse(&opts.reward)?;
-    for (name, v, ok) in [
-        ("gamma", opts.gamma, (0.0..1.0).contains(&opts.gamma)),
-        ("pessimism", opts.pessimism, opts.pessimism >= 0.0),
-        ("anchor", opts.anchor, opts.anchor >= 0.0),
-        ("smoothing", opts.smoothing, opts.smoothing >= 0.0),
+    const AT_LEAST_0: &str = "a number at least 0";
+    for (name, v, ok, need) in [
+        (
+            "gamma",
+            opts.gamma,
+            (0.0..1.0).contains(&opts.gamma),
+            "at least 0 and below 1",
+        ),
+        (
+            "pessimism",
+            opts.pessimism,
+            opts.pessimism >= 0.0,
+            AT_LEAST_0,
+        ),
+        ("anchor", opts.anchor, opts.anchor >= 0.0, AT_LEAST_0),
+        (
+            "smoothing",
+            opts.smoothing,
+            opts.smoothing >= 0.0,
+            AT_LEAST_0,
+        ),
     ] {
         if !ok || !v.is_finite() {
-            return Err(LearnError::Option(format!(
-                "{name} {v}: must be {}",
-                if name == "gamma" {
-                    "at least 0 and below 1"
-                } else {
-                    "a number at least 0"
-                }
-            )));
+            return Err(LearnError::Option(format!("{name} {v}: must be {need}")));
         }
     }
     let mut raw: Vec<f64> = Vec::new();

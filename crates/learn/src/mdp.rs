@@ -363,13 +363,10 @@ impl Moments {
     /// errors of the difference (pooled variance of the two samples); never
     /// with fewer than 3 rewards between them.
     fn beats(&self, other: &Moments, kappa: f64) -> bool {
-        let Some(dof) = (self.n + other.n).checked_sub(2).filter(|&d| d > 0) else {
-            return false;
-        };
-        if self.n == 0 || other.n == 0 {
+        if self.n == 0 || other.n == 0 || self.n + other.n < 3 {
             return false;
         }
-        let var = (self.m2 + other.m2) / dof as f64;
+        let var = (self.m2 + other.m2) / (self.n + other.n - 2) as f64;
         let se = (var * (1.0 / self.n as f64 + 1.0 / other.n as f64)).sqrt();
         self.mean - other.mean > kappa * se
     }
