@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Experiments of the lab (docs/lab.md): for each scenario, an exploration
 # run of deep_sched, `deep-sched learn`, then round robin, least_conn,
-# random two least_conn, hash $request_id consistent and deep_sched with the
-# learned policy, interleaved, each REPS times; writes
+# random two least_conn, hash $request_id consistent, deep_sched with the
+# learned policy (choose=wrr and choose=p2c) and, where one backend can stand
+# for the scenario's, the one-pool reference (all workers behind one queue),
+# interleaved, each REPS times; writes
 # results/SCENARIO/{report.md,summary.json,*.png}.
 #
 #   scripts/experiment.sh S1 [S2 ...]      one or more scenarios
@@ -18,8 +20,8 @@
 # default 1,3). deep_sched is evaluated when build/sbin/nginx,
 # build/modules/ngx_http_deep_sched_module.so and the learner exist
 # (scripts/build.sh); otherwise only nginx's own balancers run.
-# Time: about (4 or 5 balancers) x REPS x (DURATION + 2 s) + EXPLORE per
-# scenario: ~8 min each with the defaults, ~50 min for `all`.
+# Time: about (4 to 7 runs) x REPS x (DURATION + 2 s) + EXPLORE per
+# scenario: ~10 min each with the defaults, ~60 min for `all`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lab-env.sh

@@ -190,6 +190,40 @@ impl Scenario {
             .collect()
     }
 
+    /// The one-pool reference of the scenario: a single backend holding
+    /// every worker, with the same service times, so requests share one
+    /// FIFO queue. That is what a perfect balancer over the scenario's
+    /// backends would achieve (no request waits while a worker elsewhere
+    /// is idle); a balancer that does not reorder requests cannot do better
+    /// on p99 in practice. `None` where one backend cannot stand for the
+    /// scenario: backends with different service times or a noisy
+    /// neighbour (S3), or an event that hits one peer (S4).
+    pub fn one_pool(&self) -> Option<Vec<BackendSpec>> {
+        let first = self.backends.first()?;
+        let alike = self
+            .backends
+            .iter()
+            .all(|b| b.service == first.service && b.slow.is_none());
+        (alike && self.event.is_none()).then(|| {
+            vec![BackendSpec {
+                workers: self.backends.iter().map(|b| b.workers).sum(),
+                service: first.service,
+                slow: None,
+            }]
+        })
+    }
+
+    /// The backends a run of `balancer` uses: the scenario's, or for
+    /// [`Balancer::OnePool`] its one-pool reference.
+    pub fn backends_for(&self, balancer: &Balancer) -> Result<Vec<BackendSpec>, ExperimentError> {
+        match balancer {
+            Balancer::OnePool => self.one_pool().ok_or_else(|| ExperimentError::NoOnePool {
+                scenario: self.id.to_string(),
+            }),
+            _ => Ok(self.backends.clone()),
+        }
+    }
+
     /// The scenario called `id` (case-insensitive).
     pub fn by_id(id: &str) -> Option<Scenario> {
         Scenario::all()
@@ -362,6 +396,15 @@ pub enum ExperimentError {
         /// What is there instead.
         found: String,
     },
+    /// A one-pool run was asked of a scenario that has no one-pool
+    /// reference.
+    #[error(
+        "{scenario} has no one-pool reference (its backends differ, or an event hits one of them)"
+    )]
+    NoOnePool {
+        /// Scenario id.
+        scenario: String,
+    },
     /// File trouble.
     #[error("{path}: {source}")]
     Io {
@@ -421,13 +464,23 @@ pub fn run_once(
     ports: &[u16],
 ) -> Result<RunResult, ExperimentError> {
     let seed = settings.seed.wrapping_add(1000 * rep as u64);
-    let handles = scenario
-        .backends
+    let specs = scenario.backends_for(balancer)?;
+    // the pool is not a policy's peer set: any free port
+    let ports = if matches!(balancer, Balancer::OnePool) {
+        &[][..]
+    } else {
+        ports
+    };
+    let handles = specs
         .iter()
         .enumerate()
         .map(|(i, b)| {
             backend::spawn(BackendConfig {
-                name: format!("b{}", i + 1),
+                name: if matches!(balancer, Balancer::OnePool) {
+                    "pool".to_string()
+                } else {
+                    format!("b{}", i + 1)
+                },
                 listen: std::net::SocketAddr::from((
                     [127, 0, 0, 1],
                     ports.get(i).copied().unwrap_or(0),
@@ -502,9 +555,10 @@ pub fn run_once(
     })
 }
 
-/// The balancers of an experiment: the four built-ins, plus deep_sched
-/// when the module and the learner are given (its policy is learned by
-/// [`explore_and_learn`]).
+/// nginx's four built-in balancers that every experiment evaluates (plus
+/// deep_sched when the module and the learner are given, its policy
+/// learned by [`explore_and_learn`], and the one-pool reference where the
+/// scenario has one).
 pub fn builtin_balancers() -> Vec<Balancer> {
     vec![
         Balancer::RoundRobin,
@@ -653,6 +707,9 @@ pub fn run_scenario(
                 p2c,
             });
         }
+    }
+    if scenario.one_pool().is_some() {
+        balancers.push(Balancer::OnePool);
     }
     if !settings.only.is_empty() {
         balancers.retain(|b| settings.only.iter().any(|n| n == b.name()));
@@ -958,6 +1015,45 @@ mod tests {
         let s5 = Scenario::by_id("S5").unwrap();
         assert!((s5.capacity_rps() - 24.0 * 1000.0 * 3.0 / 40.0).abs() < 1e-9);
         assert_eq!(Scenario::all().len(), 6);
+    }
+
+    #[test]
+    fn one_pool_holds_every_worker_where_one_backend_can_stand_for_all() {
+        let workers = |id: &str| {
+            Scenario::by_id(id).unwrap().one_pool().map(|pool| {
+                pool.iter()
+                    .map(|b| (b.workers, b.slow.is_none()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(workers("S1"), Some(vec![(24, true)]));
+        assert_eq!(workers("S2"), Some(vec![(19, true)]));
+        assert_eq!(workers("S5"), Some(vec![(24, true)]));
+        assert_eq!(workers("S6"), Some(vec![(19, true)]));
+        // a noisy neighbour, a peer that dies: one backend cannot stand in
+        assert_eq!(workers("S3"), None);
+        assert_eq!(workers("S4"), None);
+        let s5 = Scenario::by_id("S5").unwrap();
+        let pool = s5.backends_for(&Balancer::OnePool).unwrap();
+        assert_eq!(pool[0].service, s5.backends[0].service);
+        assert!(
+            (s5.capacity_rps()
+                - Scenario {
+                    backends: pool,
+                    ..s5.clone()
+                }
+                .capacity_rps())
+            .abs()
+                < 1e-9
+        );
+        let err = Scenario::by_id("S4")
+            .unwrap()
+            .backends_for(&Balancer::OnePool)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("S4 has no one-pool reference"), "{err}");
+        let s3 = Scenario::by_id("S3").unwrap();
+        assert_eq!(s3.backends_for(&Balancer::LeastConn).unwrap().len(), 3);
     }
 
     #[test]

@@ -15,6 +15,9 @@ const NGINX_TEMPLATE: &str = include_str!("../../../nginx-conf/lab/nginx.conf.tm
 const UPSTREAM_TEMPLATE: &str = include_str!("../../../nginx-conf/lab/upstream.conf.tmpl");
 const LOCATION_TEMPLATE: &str = include_str!("../../../nginx-conf/lab/location.conf.tmpl");
 
+/// Report name of [`Balancer::OnePool`].
+pub const ONE_POOL: &str = "one_pool";
+
 /// How an upstream picks its peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Balancer {
@@ -26,6 +29,11 @@ pub enum Balancer {
     RandomTwo,
     /// `hash $request_id consistent` (ketama ring keyed per request).
     HashConsistent,
+    /// Not a balancer but the reference for one: every worker of the
+    /// scenario in a single backend with one FIFO queue, so no request
+    /// ever waits while a worker is idle. The upstream has one peer and
+    /// nginx's default method.
+    OnePool,
     /// `deep_sched explore weights=... interval=... [choose=p2c] log=...;`
     /// (data collection).
     DeepSchedExplore {
@@ -59,6 +67,7 @@ impl Balancer {
             Balancer::LeastConn => "least_conn",
             Balancer::RandomTwo => "random_two_least_conn",
             Balancer::HashConsistent => "hash_consistent",
+            Balancer::OnePool => ONE_POOL,
             Balancer::DeepSchedExplore { .. } => "deep_sched_explore",
             Balancer::DeepSched { p2c: false, .. } => "deep_sched",
             Balancer::DeepSched { p2c: true, .. } => "deep_sched_p2c",
@@ -72,6 +81,7 @@ impl Balancer {
             Balancer::LeastConn => "least_conn;".to_string(),
             Balancer::RandomTwo => "random two least_conn;".to_string(),
             Balancer::HashConsistent => "hash $request_id consistent;".to_string(),
+            Balancer::OnePool => "# one peer holding every worker: nothing to balance".to_string(),
             Balancer::DeepSchedExplore {
                 log,
                 weights,
@@ -99,6 +109,13 @@ impl Balancer {
                 }
             }
         }
+    }
+
+    /// Whether a report counts it among nginx's built-in balancers (the
+    /// ones deep_sched is measured against): neither deep_sched nor the
+    /// one-pool reference.
+    pub fn is_builtin_name(name: &str) -> bool {
+        !name.starts_with("deep_sched") && name != ONE_POOL
     }
 
     /// Whether it needs the deep_sched module.
@@ -387,6 +404,7 @@ mod tests {
             Balancer::LeastConn,
             Balancer::RandomTwo,
             Balancer::HashConsistent,
+            Balancer::OnePool,
         ] {
             let text = conf(b.clone()).render();
             let unfilled = text
@@ -401,6 +419,32 @@ mod tests {
             let bal = text.find(&b.directive()).unwrap();
             assert!(bal < text.find("keepalive 64;").unwrap());
         }
+    }
+
+    #[test]
+    fn only_nginx_methods_count_as_builtins() {
+        for b in builtin_names() {
+            assert!(Balancer::is_builtin_name(b), "{b}");
+        }
+        for other in [
+            "deep_sched",
+            "deep_sched_p2c",
+            "deep_sched_explore",
+            ONE_POOL,
+        ] {
+            assert!(!Balancer::is_builtin_name(other), "{other}");
+        }
+        assert_eq!(Balancer::OnePool.name(), ONE_POOL);
+        assert!(!Balancer::OnePool.needs_module());
+    }
+
+    fn builtin_names() -> [&'static str; 4] {
+        [
+            Balancer::RoundRobin.name(),
+            Balancer::LeastConn.name(),
+            Balancer::RandomTwo.name(),
+            Balancer::HashConsistent.name(),
+        ]
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 
 use crate::experiment::{summarise, BalancerSummary, RunResult, Scenario, Settings};
+use crate::nginx::{Balancer, ONE_POOL};
 use crate::percentiles::new_histogram;
 
 /// Errors writing a report.
@@ -175,11 +176,14 @@ fn render_markdown(
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for s in summaries {
-        let shares: Vec<String> = s
-            .shares
-            .values()
-            .map(|v| format!("{:.0}%", v * 100.0))
-            .collect();
+        let shares: Vec<String> = if s.balancer == ONE_POOL {
+            vec!["(one backend, one queue)".to_string()]
+        } else {
+            s.shares
+                .values()
+                .map(|v| format!("{:.0}%", v * 100.0))
+                .collect()
+        };
         let _ = writeln!(
             md,
             "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {:.0} | {} |",
@@ -197,7 +201,7 @@ fn render_markdown(
     }
     let best = summaries
         .iter()
-        .filter(|s| !s.balancer.starts_with("deep_sched"))
+        .filter(|s| Balancer::is_builtin_name(&s.balancer))
         .min_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
     if let Some(best) = best {
         let _ = writeln!(
@@ -207,6 +211,14 @@ fn render_markdown(
             best.p99_ms,
             best.p99_ms - best.floor_p99_ms
         );
+        if let Some(pool) = summaries.iter().find(|s| s.balancer == ONE_POOL) {
+            let _ = writeln!(
+                md,
+                "Reference, not a balancer: **{ONE_POOL}**, every worker in one backend with one FIFO queue, what a perfect balancer over these backends would get: p99 {:.1} ms = {:.2} x the best built-in.",
+                pool.p99_ms,
+                pool.p99_ms / best.p99_ms.max(1e-9)
+            );
+        }
         for ds in summaries
             .iter()
             .filter(|s| s.balancer.starts_with("deep_sched"))
@@ -261,13 +273,14 @@ fn render_markdown(
     md
 }
 
-const COLORS: [RGBColor; 6] = [
+const COLORS: [RGBColor; 7] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(127, 127, 127),
 ];
 
 fn balancers_in_order(results: &[RunResult]) -> Vec<String> {
@@ -356,7 +369,9 @@ fn plot_percentiles(results: &[RunResult], path: &Path) -> Result<(), ReportErro
 
 /// Share of each backend per second, one panel per balancer (first run).
 fn plot_shares(results: &[RunResult], path: &Path) -> Result<(), ReportError> {
-    let names = balancers_in_order(results);
+    // the one-pool reference has a single backend: nothing to share
+    let mut names = balancers_in_order(results);
+    names.retain(|n| n != ONE_POOL);
     let firsts: Vec<&RunResult> = names
         .iter()
         .filter_map(|n| results.iter().find(|r| &r.balancer == n))
@@ -598,14 +613,22 @@ impl Target {
         }
     }
 
+    /// The p99 bound in ms, given the best built-in's p99 and the floor
+    /// (`None` for a target on failures).
+    pub fn bound_ms(&self, best_p99: f64, floor: f64) -> Option<f64> {
+        match *self {
+            Target::P99Ratio(r) => Some(r * best_p99),
+            Target::ExcessRatio(r) => Some(floor + r * (best_p99 - floor)),
+            Target::NoMoreErrors => None,
+        }
+    }
+
     /// The bound as text, given the best built-in's numbers.
     pub fn bound(&self, best_p99: f64, floor: f64, fewest_errors: f64) -> String {
+        let ms = self.bound_ms(best_p99, floor).unwrap_or(0.0);
         match *self {
-            Target::P99Ratio(r) => format!("p99 ≤ {r} x best = {:.1} ms", r * best_p99),
-            Target::ExcessRatio(r) => format!(
-                "p99 ≤ floor + {r} x best's excess = {:.1} ms",
-                floor + r * (best_p99 - floor)
-            ),
+            Target::P99Ratio(r) => format!("p99 ≤ {r} x best = {ms:.1} ms"),
+            Target::ExcessRatio(r) => format!("p99 ≤ floor + {r} x best's excess = {ms:.1} ms"),
             Target::NoMoreErrors => format!("failures ≤ {fewest_errors:.0}"),
         }
     }
@@ -627,15 +650,17 @@ pub fn benchmarks_section(results_dir: &Path, command: &str) -> Result<String, R
     let _ = writeln!(
         md,
         "Command: `{command}`, then `deep-sched-lab benchmarks` (2 shared cores; nginx, backends and load generator on the same machine). \
-Median p99 in ms over interleaved repetitions, (min–max) of the runs; floor = p99 of the backends' own service time. \
+Median p99 in ms over interleaved repetitions, (min–max) of the runs; floor = p99 of the backends' own service time; \
+one pool = the same workers in a single backend with one queue, what a perfect balancer would get (where one backend can stand for the scenario's). \
 Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
     );
     let _ = writeln!(
         md,
-        "| scenario | floor | round robin | least_conn | random two least_conn | hash consistent | deep_sched | deep_sched choose=p2c | target for deep_sched | met (wrr / p2c) |"
+        "| scenario | floor | one pool (reference) | round robin | least_conn | random two least_conn | hash consistent | deep_sched | deep_sched choose=p2c | target for deep_sched | met (wrr / p2c) |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
     let names = [
+        ONE_POOL,
         "round_robin",
         "least_conn",
         "random_two_least_conn",
@@ -674,7 +699,7 @@ Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
         };
         let builtins: Vec<&BalancerSummary> = summaries
             .iter()
-            .filter(|s| !s.balancer.starts_with("deep_sched"))
+            .filter(|s| Balancer::is_builtin_name(&s.balancer))
             .collect();
         let best = builtins.iter().min_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
         let floor = median(&summaries.iter().map(|s| s.floor_p99_ms).collect::<Vec<_>>());
@@ -693,7 +718,13 @@ Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
                             }
                         })
                 };
-                let met = format!("{} / {}", met_by("deep_sched"), met_by("deep_sched_p2c"));
+                let mut met = format!("{} / {}", met_by("deep_sched"), met_by("deep_sched_p2c"));
+                let pool = summaries.iter().find(|s| s.balancer == ONE_POOL);
+                if let (Some(pool), Some(bound)) = (pool, t.bound_ms(best.p99_ms, floor)) {
+                    if bound < pool.p99_ms {
+                        met.push_str(" (bound below one pool)");
+                    }
+                }
                 (
                     format!(
                         "best built-in {}: {}",
@@ -785,5 +816,69 @@ mod tests {
         );
         assert!(row.ends_with("| yes / — |"), "{row}");
         assert!(md.contains("`scripts/experiment.sh S3`"));
+    }
+
+    #[test]
+    fn one_pool_is_a_reference_not_the_best_builtin() {
+        let dir = std::env::temp_dir().join(format!("lab-pool-{}", std::process::id()));
+        let s5 = dir.join("S5");
+        std::fs::create_dir_all(&s5).unwrap();
+        // the pool beats every built-in but must not become "the best
+        // built-in"; the 0.8 x 110 = 88 ms bound is below its 100 ms
+        let balancers = vec![
+            summary("least_conn", 120.0, 70.0, 0.0),
+            summary("random_two_least_conn", 110.0, 70.0, 0.0),
+            summary(ONE_POOL, 100.0, 70.0, 0.0),
+            summary("deep_sched_p2c", 105.0, 70.0, 0.0),
+        ];
+        let json = serde_json::json!({ "scenario": "S5", "balancers": balancers });
+        std::fs::write(s5.join("summary.json"), json.to_string()).unwrap();
+        let md = benchmarks_section(&dir, "x").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let row = md.lines().find(|l| l.starts_with("| S5 |")).expect(&md);
+        assert!(
+            row.starts_with("| S5 | 70.0 | 100.0 (99.0–102.0) | — |"),
+            "{row}"
+        );
+        assert!(
+            row.contains("best built-in random_two_least_conn: p99 ≤ 0.8 x best = 88.0 ms"),
+            "{row}"
+        );
+        assert!(
+            row.ends_with("| — / **no** (bound below one pool) |"),
+            "{row}"
+        );
+
+        let scenario = Scenario::by_id("S5").unwrap();
+        let settings = Settings {
+            nginx: "nginx".into(),
+            module: None,
+            learner: None,
+            policy: None,
+            duration: std::time::Duration::from_secs(20),
+            explore: std::time::Duration::from_secs(180),
+            explore_p2c: true,
+            explore_weights: vec![1, 3],
+            reps: 3,
+            worker_processes: 2,
+            work_dir: dir.clone(),
+            results_dir: dir.clone(),
+            seed: 1,
+            only: vec![],
+            learn_args: vec![],
+        };
+        let summaries: Vec<BalancerSummary> =
+            serde_json::from_value(json["balancers"].clone()).unwrap();
+        let text = render_markdown(&scenario, &settings, &summaries, "1.28", &[]);
+        assert!(
+            text.contains("Best built-in by p99: **random_two_least_conn** (110.0 ms"),
+            "{text}"
+        );
+        assert!(text.contains("| one_pool | 10.0 |"), "{text}");
+        assert!(text.contains("(one backend, one queue)"), "{text}");
+        assert!(
+            text.contains("perfect balancer over these backends would get: p99 100.0 ms = 0.91 x"),
+            "{text}"
+        );
     }
 }

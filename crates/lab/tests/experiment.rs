@@ -144,3 +144,46 @@ fn a_dead_peer_stops_getting_traffic_and_nginx_retries_elsewhere() {
         r.load.total.errors
     );
 }
+
+#[test]
+fn one_pool_serves_everything_from_one_backend_with_every_worker() {
+    let Some((settings, _work)) = settings("pool") else {
+        return;
+    };
+    let s5 = Scenario::by_id("S5").unwrap();
+    let r = run_once(
+        &s5,
+        &settings,
+        &Balancer::OnePool,
+        0,
+        settings.duration,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.load.total.errors.total(), 0, "{:?}", r.load.total.errors);
+    assert_eq!(r.backends.len(), 1);
+    assert_eq!(r.backends[0].backend, "pool");
+    assert_eq!(r.shares()["pool"], 1.0);
+    // all three request types went through their own upstream to it
+    assert_eq!(r.load.types.len(), 3, "{:?}", r.load.types.keys());
+    assert!(r.load.total.ok > 0 && r.backends[0].count >= r.load.total.ok);
+    assert_eq!(
+        r.backends[0].endpoints.len(),
+        3,
+        "{:?}",
+        r.backends[0].endpoints
+    );
+    // a scenario without a one-pool reference refuses the run by name
+    let s4 = Scenario::by_id("S4").unwrap();
+    let err = run_once(
+        &s4,
+        &settings,
+        &Balancer::OnePool,
+        0,
+        settings.duration,
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("S4 has no one-pool reference"), "{err}");
+}

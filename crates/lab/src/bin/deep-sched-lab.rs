@@ -88,7 +88,8 @@ enum Cmd {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
         explore: Duration,
         /// Only these balancers (round_robin, least_conn,
-        /// random_two_least_conn, hash_consistent, deep_sched, deep_sched_p2c).
+        /// random_two_least_conn, hash_consistent, deep_sched, deep_sched_p2c,
+        /// one_pool: the one-backend reference, where the scenario has one).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Extra argument for `deep-sched learn`, repeatable
