@@ -93,6 +93,10 @@ pub struct LearnOptions {
     pub pessimism: f64,
     /// Weight `κ` of the test against equal weights ([`Mdp::anchor`]; 0: off).
     pub anchor: f64,
+    /// Let a model of reward in the peers' traffic shares, fitted across
+    /// all weight vectors of a state, pass actions the per-vector test
+    /// refused ([`Mdp::admit_by_share_model`]).
+    pub share_model: bool,
     pub reg_covar: f64,
     pub tol: f64,
     pub max_iter: usize,
@@ -116,6 +120,7 @@ impl Default for LearnOptions {
             min_visits: 2,
             pessimism: 1.0,
             anchor: 3.0,
+            share_model: true,
             reg_covar: 1e-3,
             tol: 1e-4,
             max_iter: 200,
@@ -167,6 +172,23 @@ struct Rows {
 
 /// `Rows::next` of an interval whose next weights are unknown.
 const NO_ACTION: u32 = u32::MAX;
+
+/// The anchor's test against equal weights (`b`), with the share model's
+/// second chance when `opts.share_model` is on.
+fn anchored(
+    mdp: Mdp,
+    data: &[Transition],
+    b: usize,
+    shares: &[Vec<f64>],
+    opts: &LearnOptions,
+) -> Mdp {
+    let mdp = mdp.anchor(data, b, opts.anchor, opts.min_visits);
+    if opts.share_model {
+        mdp.admit_by_share_model(data, b, opts.anchor, opts.min_visits, shares)
+    } else {
+        mdp
+    }
+}
 
 /// A weight vector divided by the greatest common divisor of its entries.
 /// Both per-request choices (smooth weighted round robin and p2c) use
@@ -443,6 +465,19 @@ pub fn learn(
         })
         .collect();
 
+    // Each action's share of traffic per peer, for the share model.
+    let shares: Vec<Vec<Vec<f64>>> = action_sets
+        .iter()
+        .map(|set| {
+            set.iter()
+                .map(|w| {
+                    let total: f64 = w.iter().map(|&x| f64::from(x)).sum();
+                    w.iter().map(|&x| f64::from(x) / total.max(1.0)).collect()
+                })
+                .collect()
+        })
+        .collect();
+
     // Action 0, the fallback (states without an allowed action, and
     // observations out of distribution): per upstream, the weight vector
     // with the best mean reward over all logged transitions among those
@@ -456,11 +491,12 @@ pub fn learn(
                 .iter()
                 .map(|t| Transition { s: 0, s2: 0, ..*t })
                 .collect();
-            let m = Mdp::estimate(1, na, &flat, 0.0, opts.min_visits).anchor(
+            let m = anchored(
+                Mdp::estimate(1, na, &flat, 0.0, opts.min_visits),
                 &flat,
                 baseline[u],
-                opts.anchor,
-                opts.min_visits,
+                &shares[u],
+                opts,
             );
             (0..na)
                 .filter(|&a| m.allowed[a])
@@ -478,9 +514,14 @@ pub fn learn(
     for u in 0..nu {
         let na = action_sets[u].len();
         let data = &per_upstream[u];
-        let mdp = Mdp::estimate(k, na, data, opts.smoothing, opts.min_visits)
-            .anchor(data, baseline[u], opts.anchor, opts.min_visits)
-            .pessimistic(data, opts.pessimism);
+        let mdp = anchored(
+            Mdp::estimate(k, na, data, opts.smoothing, opts.min_visits),
+            data,
+            baseline[u],
+            &shares[u],
+            opts,
+        )
+        .pessimistic(data, opts.pessimism);
         let (pi, _) = match opts.algorithm {
             Algorithm::ValueIteration => mdp.value_iteration(opts.gamma, 1e-9, 100_000),
             Algorithm::PolicyIteration => mdp.policy_iteration(opts.gamma, 1000),
@@ -534,7 +575,11 @@ pub fn learn(
             data.len(),
             k * na,
             opts.min_visits,
-            if opts.anchor > 0.0 { ", better than equal weights" } else { "" },
+            match (opts.anchor > 0.0, opts.share_model) {
+                (false, _) => "",
+                (true, false) => ", better than equal weights",
+                (true, true) => ", better than equal weights alone or by the share model",
+            },
             exp(&v_pi),
             exp(&v_uniform),
             100.0 * (exp(&v_pi) - exp(&v_uniform)) / exp(&v_uniform).abs().max(1e-9),

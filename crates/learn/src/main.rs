@@ -80,6 +80,9 @@ enum Command {
         /// Other weights than equal ones must beat them by ANCHOR x pooled sd x sqrt(1/n + 1/n_equal) in a state to be used there; 0 turns the test off.
         #[arg(long, default_value_t = 3.0)]
         anchor: f64,
+        /// Also allow a vector that a linear model of reward in the peers' traffic shares, fitted across all vectors of a state, finds better than equal weights by ANCHOR standard errors (and whose own mean beats them): pools evidence across vectors. `false` tests each vector alone.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        share_model: bool,
         #[arg(long, default_value_t = 2)]
         n_init: usize,
         #[arg(long, default_value_t = 200)]
@@ -163,6 +166,7 @@ fn main() -> anyhow::Result<()> {
             min_visits,
             pessimism,
             anchor,
+            share_model,
             n_init,
             max_iter,
             tol,
@@ -212,6 +216,7 @@ fn main() -> anyhow::Result<()> {
                 min_visits,
                 pessimism,
                 anchor,
+                share_model,
                 n_init,
                 max_iter,
                 tol,

@@ -13,6 +13,8 @@
 //! offline Q-learning over the logged transitions (Watkins 1989), and a
 //! LinUCB contextual bandit (Li et al. 2010) — one ridge regression per arm.
 
+use deep_sched_core::gmm::cholesky;
+
 /// A finite MDP estimated from data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mdp {
@@ -150,6 +152,81 @@ impl Mdp {
                 if self.allowed[sa] {
                     self.allowed[sa] = pairs[sa].beats(mb, kappa);
                 }
+            }
+        }
+        self
+    }
+
+    /// Pools evidence across actions for the test of [`Mdp::anchor`]:
+    /// `shares[a]` is action `a`'s share of traffic per peer (its weight
+    /// vector divided by its sum). In every state with enough data, a
+    /// linear model `r ≈ β₀ + Σᵢ βᵢ·shareᵢ` (the last share left out, as the
+    /// shares sum to 1) is fitted to all of the state's rewards by least
+    /// squares. An action refused by the anchor (yet tried `min_visits`
+    /// times) is allowed again when the model predicts it beats the
+    /// baseline `b` by more than `κ` standard errors of the predicted
+    /// difference, `Δ = (xₐ − x_b)ᵀβ̂`, `Var Δ = σ̂²·(xₐ − x_b)ᵀ(XᵀX)⁻¹(xₐ − x_b)`,
+    /// *and* its own mean reward is above the baseline's. Every vector that
+    /// gave a slow peer more traffic then says something about giving it
+    /// less, so a real gain is found with fewer samples per vector; the
+    /// second condition keeps the model's extrapolation from admitting an
+    /// action that did worse in its own right. Where the design is singular
+    /// (fewer distinct share vectors than peers) or a state has fewer than
+    /// `peers + 2` transitions, nothing changes. Run after [`Mdp::anchor`]
+    /// with the same `b`, `κ` and `min_visits`.
+    pub fn admit_by_share_model(
+        mut self,
+        data: &[Transition],
+        b: usize,
+        kappa: f64,
+        min_visits: u64,
+        shares: &[Vec<f64>],
+    ) -> Mdp {
+        let (sn, an) = (self.states, self.actions);
+        if kappa <= 0.0 || b >= an || shares.len() != an {
+            return self;
+        }
+        let p = shares[b].len();
+        if p < 2 || shares.iter().any(|x| x.len() != p) {
+            return self;
+        }
+        // regressors: 1, share₀ .. share_{p−2}
+        let x = |a: usize| -> Vec<f64> {
+            std::iter::once(1.0)
+                .chain(shares[a][..p - 1].iter().copied())
+                .collect()
+        };
+        let mut baseline = Moments::default();
+        let mut per_state = vec![Moments::default(); sn * an];
+        for t in data {
+            per_state[t.s * an + t.a].add(t.r);
+            if t.a == b {
+                baseline.add(t.r);
+            }
+        }
+        for s in 0..sn {
+            let rows: Vec<&Transition> = data.iter().filter(|t| t.s == s).collect();
+            let Some(fit) = LinearFit::new(rows.iter().map(|t| (x(t.a), t.r)), p) else {
+                continue;
+            };
+            let in_state = &per_state[s * an + b];
+            let mb = if in_state.n >= min_visits.max(1) {
+                in_state
+            } else {
+                &baseline
+            };
+            if mb.n == 0 {
+                continue;
+            }
+            let xb = x(b);
+            for a in (0..an).filter(|&a| a != b) {
+                let sa = s * an + a;
+                if self.allowed[sa] || self.n[sa] < min_visits.max(1) {
+                    continue;
+                }
+                let d: Vec<f64> = x(a).iter().zip(&xb).map(|(u, v)| u - v).collect();
+                let (delta, se) = fit.contrast(&d);
+                self.allowed[sa] = delta > kappa * se && per_state[sa].mean > mb.mean;
             }
         }
         self
@@ -340,6 +417,84 @@ fn solve(m: &mut [f64], b: &mut [f64], n: usize) {
         }
         b[c] = s / m[c * n + c];
     }
+}
+
+/// Ordinary least squares `y ≈ xᵀβ` by the normal equations, solved with
+/// the core's Cholesky factor of `XᵀX` (a `p×p` system with `p` = peers of
+/// one upstream, at most 64: no linear-algebra crate needed for that).
+struct LinearFit {
+    p: usize,
+    /// Lower Cholesky factor of `XᵀX`.
+    l: Vec<f64>,
+    beta: Vec<f64>,
+    /// Residual variance `RSS / (n − p)`.
+    sigma2: f64,
+}
+
+impl LinearFit {
+    /// Fits `rows` of `(x, y)`, `x` of length `p`; `None` with fewer than
+    /// `p + 2` rows or a singular design.
+    fn new(rows: impl Iterator<Item = (Vec<f64>, f64)>, p: usize) -> Option<LinearFit> {
+        let rows: Vec<(Vec<f64>, f64)> = rows.collect();
+        let n = rows.len();
+        if n < p + 2 {
+            return None;
+        }
+        let mut xtx = vec![0.0; p * p];
+        let mut xty = vec![0.0; p];
+        for (x, y) in &rows {
+            for i in 0..p {
+                xty[i] += x[i] * y;
+                for j in 0..p {
+                    xtx[i * p + j] += x[i] * x[j];
+                }
+            }
+        }
+        // a pivot this small against the largest diagonal entry means a
+        // singular design (fewer distinct share vectors than regressors)
+        let scale = (0..p).map(|i| xtx[i * p + i]).fold(0.0, f64::max);
+        let l = cholesky(&xtx, p)?;
+        if (0..p).any(|i| l[i * p + i] * l[i * p + i] < 1e-9 * scale) {
+            return None;
+        }
+        let beta = chol_solve(&l, &xty, p);
+        let rss: f64 = rows
+            .iter()
+            .map(|(x, y)| {
+                let e = y - x.iter().zip(&beta).map(|(a, b)| a * b).sum::<f64>();
+                e * e
+            })
+            .sum();
+        Some(LinearFit {
+            p,
+            l,
+            beta,
+            sigma2: rss / (n - p) as f64,
+        })
+    }
+
+    /// `dᵀβ̂` and its standard error `√(σ̂²·dᵀ(XᵀX)⁻¹d)`.
+    fn contrast(&self, d: &[f64]) -> (f64, f64) {
+        let z = chol_solve(&self.l, d, self.p);
+        let q: f64 = d.iter().zip(&z).map(|(a, b)| a * b).sum();
+        let delta = d.iter().zip(&self.beta).map(|(a, b)| a * b).sum();
+        (delta, (self.sigma2 * q.max(0.0)).sqrt())
+    }
+}
+
+/// Solves `L Lᵀ z = b` for a lower-triangular `L` (row-major `p×p`).
+fn chol_solve(l: &[f64], b: &[f64], p: usize) -> Vec<f64> {
+    let mut y = vec![0.0; p];
+    for i in 0..p {
+        let s: f64 = (0..i).map(|k| l[i * p + k] * y[k]).sum();
+        y[i] = (b[i] - s) / l[i * p + i];
+    }
+    let mut z = vec![0.0; p];
+    for i in (0..p).rev() {
+        let s: f64 = (i + 1..p).map(|k| l[k * p + i] * z[k]).sum();
+        z[i] = (y[i] - s) / l[i * p + i];
+    }
+    z
 }
 
 /// Count, mean and sum of squared deviations of rewards (Welford's
@@ -676,6 +831,151 @@ mod tests {
         data.extend(pulls(&mut rng, 1, 2, -20.0, 10));
         let m = Mdp::estimate(2, 3, &data, 0.0, 2).anchor(&data, 0, 2.0, 2);
         assert_eq!(m.allowed, vec![true, false, false, false, false, true]);
+    }
+
+    /// The seven weight vectors of `weights=1,3` over three peers, equal
+    /// weights first, as traffic shares.
+    fn shares_1_3() -> Vec<Vec<f64>> {
+        [
+            [1, 1, 1],
+            [1, 1, 3],
+            [1, 3, 1],
+            [1, 3, 3],
+            [3, 1, 1],
+            [3, 1, 3],
+            [3, 3, 1],
+        ]
+        .iter()
+        .map(|w| {
+            let t: f64 = w.iter().map(|&x| f64::from(x)).sum();
+            w.iter().map(|&x| f64::from(x) / t).collect()
+        })
+        .collect()
+    }
+
+    #[test]
+    fn linear_fit_recovers_exact_coefficients_and_contrasts() {
+        // y = 2 + 3·x₁ − 5·x₂ exactly: β recovered, zero standard error
+        let rows: Vec<(Vec<f64>, f64)> =
+            [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (2.0, 1.0)]
+                .iter()
+                .map(|&(a, b)| (vec![1.0, a, b], 2.0 + 3.0 * a - 5.0 * b))
+                .collect();
+        let fit = LinearFit::new(rows.into_iter(), 3).unwrap();
+        for (got, want) in fit.beta.iter().zip([2.0, 3.0, -5.0]) {
+            assert!((got - want).abs() < 1e-9, "{:?}", fit.beta);
+        }
+        let (delta, se) = fit.contrast(&[0.0, 1.0, -1.0]);
+        assert!((delta - 8.0).abs() < 1e-9 && se < 1e-6, "{delta} {se}");
+        // too few rows, or a design that does not span the regressors
+        let few = (0..4).map(|i| (vec![1.0, f64::from(i), 0.0], 1.0));
+        assert!(LinearFit::new(few, 3).is_none());
+        let flat = (0..20).map(|i| (vec![1.0, f64::from(i % 2), 0.5], f64::from(i)));
+        assert!(
+            LinearFit::new(flat, 3).is_none(),
+            "x₂ is constant: singular"
+        );
+    }
+
+    #[test]
+    fn the_share_model_finds_a_slow_peer_with_few_samples_per_vector() {
+        // Peer 3 is slow: mean reward falls 10 per unit of its share, noise
+        // sd ≈ 2.9 — S6's 180 s log looks like this. With 20 tries per
+        // vector 3/3/1 beats equal weights by ~2 standard errors alone,
+        // short of κ = 3, but all seven vectors agree on the slope and
+        // the model admits the vectors that give peer 3 less (3/3/1, or
+        // 3/1/1 and 1/3/1, nearly as good), one of which then wins.
+        let shares = shares_1_3();
+        let (mut alone, mut pooled) = (0, 0);
+        for seed in 0..50 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let data: Vec<Transition> = (0..7)
+                .flat_map(|a| {
+                    let mean = -10.0 - 10.0 * shares[a][2];
+                    (0..20)
+                        .map(|_| Transition {
+                            s: 0,
+                            a,
+                            r: mean + rng.gen_range(-5.0..5.0),
+                            s2: 0,
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let better = |m: &Mdp| match m.value_iteration(0.5, 1e-9, 1000).0[0] {
+                Some(a) => shares[a][2] < shares[0][2] - 1e-9,
+                None => false,
+            };
+            let m = Mdp::estimate(1, 7, &data, 0.0, 2).anchor(&data, 0, 3.0, 2);
+            alone += usize::from(better(&m));
+            let m = m.admit_by_share_model(&data, 0, 3.0, 2, &shares);
+            pooled += usize::from(better(&m));
+        }
+        assert!(
+            alone < 25,
+            "the per-vector test alone gained {alone}/50 times"
+        );
+        assert!(
+            pooled >= 45,
+            "with the share model it gained only {pooled}/50 times"
+        );
+    }
+
+    #[test]
+    fn the_share_model_keeps_equal_weights_on_identical_peers() {
+        let shares = shares_1_3();
+        let mut kept = 0;
+        for seed in 0..100 {
+            let mut rng = ChaCha8Rng::seed_from_u64(1000 + seed);
+            let data: Vec<Transition> = (0..7)
+                .flat_map(|a| pulls(&mut rng, 0, a, -40.0, 25))
+                .collect();
+            let m = Mdp::estimate(1, 7, &data, 0.0, 2)
+                .anchor(&data, 0, 3.0, 2)
+                .admit_by_share_model(&data, 0, 3.0, 2, &shares);
+            kept += usize::from(m.value_iteration(0.5, 1e-9, 1000).0 == vec![Some(0)]);
+        }
+        assert!(kept >= 95, "equal weights kept only {kept}/100 times");
+    }
+
+    #[test]
+    fn the_share_model_needs_the_action_to_beat_the_baseline_itself() {
+        // Six vectors show a steep slope in peer 3's share; 3/3/1 was tried
+        // three times. The model predicts it best, but whether it is
+        // admitted depends on its own mean against equal weights'.
+        let shares = shares_1_3();
+        let with_331 = |own_mean: f64| {
+            let mut rng = ChaCha8Rng::seed_from_u64(3);
+            let mut data: Vec<Transition> = (0..6)
+                .flat_map(|a| pulls(&mut rng, 0, a, -10.0 - 40.0 * shares[a][2], 40))
+                .collect();
+            data.extend(pulls(&mut rng, 0, 6, own_mean, 3));
+            let x = |a: usize| vec![1.0, shares[a][0], shares[a][1]];
+            let fit = LinearFit::new(data.iter().map(|t| (x(t.a), t.r)), 3).unwrap();
+            let d: Vec<f64> = x(6).iter().zip(x(0)).map(|(u, v)| u - v).collect();
+            let (delta, se) = fit.contrast(&d);
+            assert!(
+                delta > 3.0 * se,
+                "the model must favour 3/3/1: {delta} ± {se}"
+            );
+            Mdp::estimate(1, 7, &data, 0.0, 2)
+                .anchor(&data, 0, 3.0, 2)
+                .admit_by_share_model(&data, 0, 3.0, 2, &shares)
+                .allowed[6]
+        };
+        // equal weights average -10 - 40/3 ≈ -23.3
+        assert!(!with_331(-35.0), "worse on its own: refused");
+        assert!(with_331(-12.0), "better on its own: admitted");
+
+        // only two distinct share vectors in the state: no model, no change
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut two = pulls(&mut rng, 0, 0, -20.0, 20);
+        two.extend(pulls(&mut rng, 0, 6, -15.0, 20));
+        let before = Mdp::estimate(1, 7, &two, 0.0, 2).anchor(&two, 0, 3.0, 2);
+        let after = before
+            .clone()
+            .admit_by_share_model(&two, 0, 3.0, 2, &shares);
+        assert_eq!(before, after);
     }
 
     #[test]

@@ -380,3 +380,47 @@ fn bad_learning_options_are_refused_by_name() {
         );
     }
 }
+
+/// The `N` of the summary's "(N allowed: ..." (all upstreams of a
+/// one-upstream agent).
+fn allowed_pairs(summary: &str) -> usize {
+    let (_, rest) = summary.split_once("pairs seen ").expect(summary);
+    let (_, rest) = rest.split_once(" (").expect(summary);
+    rest.split(' ').next().unwrap().parse().expect(summary)
+}
+
+#[test]
+fn the_share_model_admits_more_only_where_a_peer_differs() {
+    // A slow peer 3 half the time: the model pooled over all weight
+    // vectors lets more (state, vector) pairs pass than the per-vector
+    // test alone. Identical peers: the same policy, byte for byte.
+    let slow = synth_file("share-slow.jsonl", 300, 2);
+    let off = LearnOptions {
+        share_model: false,
+        ..opts(4, Algorithm::ValueIteration)
+    };
+    let on = opts(4, Algorithm::ValueIteration);
+    assert!(on.share_model, "on by default");
+    let a = learn(std::slice::from_ref(&slow), &off, |_, _, _| {}).unwrap();
+    let b = learn(std::slice::from_ref(&slow), &on, |_, _, _| {}).unwrap();
+    assert!(
+        allowed_pairs(&b.summary) > allowed_pairs(&a.summary),
+        "off:\n{}\non:\n{}",
+        a.summary,
+        b.summary
+    );
+    let same = tmp("share-identical.jsonl");
+    synth(
+        300,
+        2,
+        1_000_000,
+        &mut std::fs::File::create(&same).unwrap(),
+    )
+    .unwrap();
+    let a = learn(std::slice::from_ref(&same), &off, |_, _, _| {}).unwrap();
+    let b = learn(std::slice::from_ref(&same), &on, |_, _, _| {}).unwrap();
+    assert_eq!(
+        serde_json::to_string(&a.policy).unwrap(),
+        serde_json::to_string(&b.policy).unwrap()
+    );
+}
