@@ -794,21 +794,30 @@ mod tests {
         assert_eq!(Target::of("S9"), None);
     }
 
+    /// The BENCHMARKS section from one scenario's summaries, and its row.
+    fn section_of(id: &str, balancers: &[BalancerSummary], command: &str) -> (String, String) {
+        let dir = std::env::temp_dir().join(format!("lab-bench-{id}-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join(id)).unwrap();
+        let json = serde_json::json!({ "scenario": id, "balancers": balancers });
+        std::fs::write(dir.join(id).join("summary.json"), json.to_string()).unwrap();
+        let md = benchmarks_section(&dir, command).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let row = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {id} |")))
+            .expect(&md)
+            .to_string();
+        (md, row)
+    }
+
     #[test]
     fn benchmarks_section_reads_summaries_and_checks_targets() {
-        let dir = std::env::temp_dir().join(format!("lab-bench-{}", std::process::id()));
-        let s3 = dir.join("S3");
-        std::fs::create_dir_all(&s3).unwrap();
-        let balancers = vec![
+        let balancers = [
             summary("round_robin", 400.0, 47.0, 0.0),
             summary("least_conn", 76.0, 47.0, 0.0),
             summary("deep_sched", 58.0, 47.0, 0.0),
         ];
-        let json = serde_json::json!({ "scenario": "S3", "balancers": balancers });
-        std::fs::write(s3.join("summary.json"), json.to_string()).unwrap();
-        let md = benchmarks_section(&dir, "scripts/experiment.sh S3").unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        let row = md.lines().find(|l| l.starts_with("| S3 |")).expect(&md);
+        let (md, row) = section_of("S3", &balancers, "scripts/experiment.sh S3");
         assert!(row.contains("| 76.0 (75.0–78.0) |"), "{row}");
         assert!(
             row.contains("best built-in least_conn: p99 ≤ 0.8 x best = 60.8 ms"),
@@ -820,22 +829,15 @@ mod tests {
 
     #[test]
     fn one_pool_is_a_reference_not_the_best_builtin() {
-        let dir = std::env::temp_dir().join(format!("lab-pool-{}", std::process::id()));
-        let s5 = dir.join("S5");
-        std::fs::create_dir_all(&s5).unwrap();
         // the pool beats every built-in but must not become "the best
         // built-in"; the 0.8 x 110 = 88 ms bound is below its 100 ms
-        let balancers = vec![
+        let balancers = [
             summary("least_conn", 120.0, 70.0, 0.0),
             summary("random_two_least_conn", 110.0, 70.0, 0.0),
             summary(ONE_POOL, 100.0, 70.0, 0.0),
             summary("deep_sched_p2c", 105.0, 70.0, 0.0),
         ];
-        let json = serde_json::json!({ "scenario": "S5", "balancers": balancers });
-        std::fs::write(s5.join("summary.json"), json.to_string()).unwrap();
-        let md = benchmarks_section(&dir, "x").unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        let row = md.lines().find(|l| l.starts_with("| S5 |")).expect(&md);
+        let (_, row) = section_of("S5", &balancers, "x");
         assert!(
             row.starts_with("| S5 | 70.0 | 100.0 (99.0–102.0) | — |"),
             "{row}"
@@ -861,15 +863,13 @@ mod tests {
             explore_weights: vec![1, 3],
             reps: 3,
             worker_processes: 2,
-            work_dir: dir.clone(),
-            results_dir: dir.clone(),
+            work_dir: "unused".into(),
+            results_dir: "unused".into(),
             seed: 1,
             only: vec![],
             learn_args: vec![],
         };
-        let summaries: Vec<BalancerSummary> =
-            serde_json::from_value(json["balancers"].clone()).unwrap();
-        let text = render_markdown(&scenario, &settings, &summaries, "1.28", &[]);
+        let text = render_markdown(&scenario, &settings, &balancers, "1.28", &[]);
         assert!(
             text.contains("Best built-in by p99: **random_two_least_conn** (110.0 ms"),
             "{text}"

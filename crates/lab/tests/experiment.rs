@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use deep_sched_lab::experiment::{run_once, Scenario, Settings};
+use deep_sched_lab::experiment::{run_once, ExperimentError, RunResult, Scenario, Settings};
 use deep_sched_lab::nginx::Balancer;
 
 fn nginx() -> Option<PathBuf> {
@@ -66,6 +66,21 @@ fn settings(tag: &str) -> Option<(Settings, tempdir::Dir)> {
     ))
 }
 
+/// One run of `balancer` in scenario `id` with the test settings; `None`
+/// without an nginx (outside CI).
+fn run(tag: &str, id: &str, balancer: Balancer) -> Option<Result<RunResult, ExperimentError>> {
+    let (settings, _work) = settings(tag)?;
+    let scenario = Scenario::by_id(id).unwrap();
+    Some(run_once(
+        &scenario,
+        &settings,
+        &balancer,
+        0,
+        settings.duration,
+        &[],
+    ))
+}
+
 /// A scratch directory removed on drop (no extra crate for one test file).
 mod tempdir {
     pub struct Dir(pub std::path::PathBuf);
@@ -85,19 +100,11 @@ mod tempdir {
 
 #[test]
 fn round_robin_through_nginx_spreads_evenly_and_measures_the_floor() {
-    let Some((settings, _work)) = settings("rr") else {
+    let Some(r) = run("rr", "S1", Balancer::RoundRobin) else {
         return;
     };
+    let r = r.unwrap();
     let s1 = Scenario::by_id("S1").unwrap();
-    let r = run_once(
-        &s1,
-        &settings,
-        &Balancer::RoundRobin,
-        0,
-        settings.duration,
-        &[],
-    )
-    .unwrap();
     assert_eq!(r.load.total.errors.total(), 0, "{:?}", r.load.total.errors);
     let asked = 0.7 * s1.capacity_rps();
     assert!(
@@ -120,19 +127,10 @@ fn round_robin_through_nginx_spreads_evenly_and_measures_the_floor() {
 
 #[test]
 fn a_dead_peer_stops_getting_traffic_and_nginx_retries_elsewhere() {
-    let Some((settings, _work)) = settings("dead") else {
+    let Some(r) = run("dead", "S4", Balancer::LeastConn) else {
         return;
     };
-    let s4 = Scenario::by_id("S4").unwrap();
-    let r = run_once(
-        &s4,
-        &settings,
-        &Balancer::LeastConn,
-        0,
-        settings.duration,
-        &[],
-    )
-    .unwrap();
+    let r = r.unwrap();
     let b3 = r.shares()["b3"];
     // b3 dies at 40 % of the run: it gets well under a third overall
     assert!(b3 < 0.25, "b3 share {b3}");
@@ -147,19 +145,10 @@ fn a_dead_peer_stops_getting_traffic_and_nginx_retries_elsewhere() {
 
 #[test]
 fn one_pool_serves_everything_from_one_backend_with_every_worker() {
-    let Some((settings, _work)) = settings("pool") else {
+    let Some(r) = run("pool", "S5", Balancer::OnePool) else {
         return;
     };
-    let s5 = Scenario::by_id("S5").unwrap();
-    let r = run_once(
-        &s5,
-        &settings,
-        &Balancer::OnePool,
-        0,
-        settings.duration,
-        &[],
-    )
-    .unwrap();
+    let r = r.unwrap();
     assert_eq!(r.load.total.errors.total(), 0, "{:?}", r.load.total.errors);
     assert_eq!(r.backends.len(), 1);
     assert_eq!(r.backends[0].backend, "pool");
@@ -174,16 +163,9 @@ fn one_pool_serves_everything_from_one_backend_with_every_worker() {
         r.backends[0].endpoints
     );
     // a scenario without a one-pool reference refuses the run by name
-    let s4 = Scenario::by_id("S4").unwrap();
-    let err = run_once(
-        &s4,
-        &settings,
-        &Balancer::OnePool,
-        0,
-        settings.duration,
-        &[],
-    )
-    .unwrap_err()
-    .to_string();
+    let err = run("pool-s4", "S4", Balancer::OnePool)
+        .unwrap()
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("S4 has no one-pool reference"), "{err}");
 }
