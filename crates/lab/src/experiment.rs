@@ -465,18 +465,15 @@ pub fn run_once(
 ) -> Result<RunResult, ExperimentError> {
     let seed = settings.seed.wrapping_add(1000 * rep as u64);
     let specs = scenario.backends_for(balancer)?;
+    let pool = matches!(balancer, Balancer::OnePool);
     // the pool is not a policy's peer set: any free port
-    let ports = if matches!(balancer, Balancer::OnePool) {
-        &[][..]
-    } else {
-        ports
-    };
+    let ports = if pool { &[][..] } else { ports };
     let handles = specs
         .iter()
         .enumerate()
         .map(|(i, b)| {
             backend::spawn(BackendConfig {
-                name: if matches!(balancer, Balancer::OnePool) {
+                name: if pool {
                     "pool".to_string()
                 } else {
                     format!("b{}", i + 1)

@@ -13,7 +13,7 @@
 //! offline Q-learning over the logged transitions (Watkins 1989), and a
 //! LinUCB contextual bandit (Li et al. 2010) — one ridge regression per arm.
 
-use deep_sched_core::gmm::cholesky;
+use deep_sched_core::gmm::{cholesky, precision_cholesky_from_cov_cholesky};
 
 /// A finite MDP estimated from data.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,28 +129,16 @@ impl Mdp {
         if kappa <= 0.0 || b >= an {
             return self;
         }
-        let mut pairs = vec![Moments::default(); sn * an];
-        let mut baseline = Moments::default();
-        for t in data {
-            pairs[t.s * an + t.a].add(t.r);
-            if t.a == b {
-                baseline.add(t.r);
-            }
-        }
-        if baseline.n == 0 {
+        let moments = RewardMoments::of(data, sn, an, b);
+        if moments.baseline.n == 0 {
             return self;
         }
         for s in 0..sn {
-            let in_state = &pairs[s * an + b];
-            let mb = if in_state.n >= min_visits.max(1) {
-                in_state
-            } else {
-                &baseline
-            };
+            let mb = moments.baseline_in(s, min_visits);
             for a in (0..an).filter(|&a| a != b) {
                 let sa = s * an + a;
                 if self.allowed[sa] {
-                    self.allowed[sa] = pairs[sa].beats(mb, kappa);
+                    self.allowed[sa] = moments.pairs[sa].beats(mb, kappa);
                 }
             }
         }
@@ -196,29 +184,17 @@ impl Mdp {
                 .chain(shares[a][..p - 1].iter().copied())
                 .collect()
         };
-        let mut baseline = Moments::default();
-        let mut per_state = vec![Moments::default(); sn * an];
-        for t in data {
-            per_state[t.s * an + t.a].add(t.r);
-            if t.a == b {
-                baseline.add(t.r);
-            }
+        let moments = RewardMoments::of(data, sn, an, b);
+        if moments.baseline.n == 0 {
+            return self;
         }
+        let xb = x(b);
         for s in 0..sn {
-            let rows: Vec<&Transition> = data.iter().filter(|t| t.s == s).collect();
-            let Some(fit) = LinearFit::new(rows.iter().map(|t| (x(t.a), t.r)), p) else {
+            let rows = data.iter().filter(|t| t.s == s).map(|t| (x(t.a), t.r));
+            let Some(fit) = LinearFit::new(rows, p) else {
                 continue;
             };
-            let in_state = &per_state[s * an + b];
-            let mb = if in_state.n >= min_visits.max(1) {
-                in_state
-            } else {
-                &baseline
-            };
-            if mb.n == 0 {
-                continue;
-            }
-            let xb = x(b);
+            let mb = moments.baseline_in(s, min_visits);
             for a in (0..an).filter(|&a| a != b) {
                 let sa = s * an + a;
                 if self.allowed[sa] || self.n[sa] < min_visits.max(1) {
@@ -226,7 +202,7 @@ impl Mdp {
                 }
                 let d: Vec<f64> = x(a).iter().zip(&xb).map(|(u, v)| u - v).collect();
                 let (delta, se) = fit.contrast(&d);
-                self.allowed[sa] = delta > kappa * se && per_state[sa].mean > mb.mean;
+                self.allowed[sa] = delta > kappa * se && moments.pairs[sa].mean > mb.mean;
             }
         }
         self
@@ -419,13 +395,12 @@ fn solve(m: &mut [f64], b: &mut [f64], n: usize) {
     }
 }
 
-/// Ordinary least squares `y ≈ xᵀβ` by the normal equations, solved with
-/// the core's Cholesky factor of `XᵀX` (a `p×p` system with `p` = peers of
-/// one upstream, at most 64: no linear-algebra crate needed for that).
+/// Ordinary least squares `y ≈ xᵀβ` by the normal equations, with the
+/// core's Cholesky helpers for `(XᵀX)⁻¹ = U Uᵀ` (a `p×p` system with `p` =
+/// peers of one upstream, at most 64: no linear-algebra crate needed).
 struct LinearFit {
-    p: usize,
-    /// Lower Cholesky factor of `XᵀX`.
-    l: Vec<f64>,
+    /// `U` with `(XᵀX)⁻¹ = U Uᵀ` (upper, row-major `p×p`).
+    u: Vec<f64>,
     beta: Vec<f64>,
     /// Residual variance `RSS / (n − p)`.
     sigma2: f64,
@@ -457,7 +432,12 @@ impl LinearFit {
         if (0..p).any(|i| l[i * p + i] * l[i * p + i] < 1e-9 * scale) {
             return None;
         }
-        let beta = chol_solve(&l, &xty, p);
+        let u = precision_cholesky_from_cov_cholesky(&l, p);
+        // β = U Uᵀ Xᵀy
+        let uty = t_mul(&u, &xty, p);
+        let beta = (0..p)
+            .map(|i| (0..p).map(|j| u[i * p + j] * uty[j]).sum())
+            .collect::<Vec<f64>>();
         let rss: f64 = rows
             .iter()
             .map(|(x, y)| {
@@ -466,35 +446,67 @@ impl LinearFit {
             })
             .sum();
         Some(LinearFit {
-            p,
-            l,
+            u,
             beta,
             sigma2: rss / (n - p) as f64,
         })
     }
 
-    /// `dᵀβ̂` and its standard error `√(σ̂²·dᵀ(XᵀX)⁻¹d)`.
+    /// `dᵀβ̂` and its standard error `√(σ̂²·dᵀ(XᵀX)⁻¹d) = σ̂·‖Uᵀd‖`.
     fn contrast(&self, d: &[f64]) -> (f64, f64) {
-        let z = chol_solve(&self.l, d, self.p);
-        let q: f64 = d.iter().zip(&z).map(|(a, b)| a * b).sum();
+        let utd = t_mul(&self.u, d, d.len());
+        let q: f64 = utd.iter().map(|v| v * v).sum();
         let delta = d.iter().zip(&self.beta).map(|(a, b)| a * b).sum();
-        (delta, (self.sigma2 * q.max(0.0)).sqrt())
+        (delta, (self.sigma2 * q).sqrt())
     }
 }
 
-/// Solves `L Lᵀ z = b` for a lower-triangular `L` (row-major `p×p`).
-fn chol_solve(l: &[f64], b: &[f64], p: usize) -> Vec<f64> {
-    let mut y = vec![0.0; p];
-    for i in 0..p {
-        let s: f64 = (0..i).map(|k| l[i * p + k] * y[k]).sum();
-        y[i] = (b[i] - s) / l[i * p + i];
+/// `Uᵀv` for a row-major `p×p` matrix `U`.
+fn t_mul(u: &[f64], v: &[f64], p: usize) -> Vec<f64> {
+    (0..p)
+        .map(|j| (0..p).map(|i| u[i * p + j] * v[i]).sum())
+        .collect()
+}
+
+/// Rewards per (state, action) pair and of the baseline action `b` over
+/// all states: what both tests against the baseline compare.
+struct RewardMoments {
+    /// `pairs[s·A + a]`.
+    pairs: Vec<Moments>,
+    /// `b` over all states.
+    baseline: Moments,
+    actions: usize,
+    b: usize,
+}
+
+impl RewardMoments {
+    fn of(data: &[Transition], states: usize, actions: usize, b: usize) -> RewardMoments {
+        let mut pairs = vec![Moments::default(); states * actions];
+        let mut baseline = Moments::default();
+        for t in data {
+            pairs[t.s * actions + t.a].add(t.r);
+            if t.a == b {
+                baseline.add(t.r);
+            }
+        }
+        RewardMoments {
+            pairs,
+            baseline,
+            actions,
+            b,
+        }
     }
-    let mut z = vec![0.0; p];
-    for i in (0..p).rev() {
-        let s: f64 = (i + 1..p).map(|k| l[k * p + i] * z[k]).sum();
-        z[i] = (y[i] - s) / l[i * p + i];
+
+    /// The baseline's rewards in state `s`, or over all states where it was
+    /// tried there fewer than `min_visits` times.
+    fn baseline_in(&self, s: usize, min_visits: u64) -> &Moments {
+        let in_state = &self.pairs[s * self.actions + self.b];
+        if in_state.n >= min_visits.max(1) {
+            in_state
+        } else {
+            &self.baseline
+        }
     }
-    z
 }
 
 /// Count, mean and sum of squared deviations of rewards (Welford's
