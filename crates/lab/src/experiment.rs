@@ -822,11 +822,7 @@ pub fn summarise(results: &[RunResult]) -> Vec<BalancerSummary> {
             let total = |r: &RunResult| -> TypeSummary { r.load.total.clone() };
             let mut errors_by_kind = load::Errors::default();
             for r in &runs {
-                let e = r.load.total.errors;
-                errors_by_kind.connect += e.connect;
-                errors_by_kind.timeout += e.timeout;
-                errors_by_kind.status_5xx += e.status_5xx;
-                errors_by_kind.other += e.other;
+                errors_by_kind.add(&r.load.total.errors);
             }
             let backends: Vec<String> = runs
                 .first()

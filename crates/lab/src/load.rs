@@ -101,7 +101,8 @@ impl Errors {
         self.connect + self.timeout + self.status_5xx + self.other
     }
 
-    fn add(&mut self, o: &Errors) {
+    /// Adds `o`'s counts, kind by kind.
+    pub fn add(&mut self, o: &Errors) {
         self.connect += o.connect;
         self.timeout += o.timeout;
         self.status_5xx += o.status_5xx;

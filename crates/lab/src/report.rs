@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
+use statrs::distribution::{Binomial, DiscreteCDF};
 
 use crate::experiment::{summarise, BalancerSummary, RunResult, Scenario, Settings};
 use crate::nginx::{Balancer, ONE_POOL};
@@ -199,9 +200,13 @@ fn render_markdown(
             shares.join(" / ")
         );
     }
-    let best = summaries
+    let builtins: Vec<&BalancerSummary> = summaries
         .iter()
         .filter(|s| Balancer::is_builtin_name(&s.balancer))
+        .collect();
+    let best = builtins
+        .iter()
+        .copied()
         .min_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
     if let Some(best) = best {
         let _ = writeln!(
@@ -225,14 +230,13 @@ fn render_markdown(
         {
             let _ = writeln!(
                 md,
-                "{}: p99 {:.1} ms = {:.2} x the best built-in; excess over the floor {:.1} ms = {:.2} x the best built-in's; {:.0} vs {:.0} failed requests.",
+                "{}: p99 {:.1} ms = {:.2} x the best built-in; excess over the floor {:.1} ms = {:.2} x the best built-in's; {}.",
                 ds.balancer,
                 ds.p99_ms,
                 ds.p99_ms / best.p99_ms.max(1e-9),
                 ds.p99_ms - ds.floor_p99_ms,
                 (ds.p99_ms - ds.floor_p99_ms) / (best.p99_ms - best.floor_p99_ms).max(1e-9),
-                ds.errors,
-                best.errors
+                failures_against(ds, best, &builtins)
             );
         }
     }
@@ -597,7 +601,10 @@ pub enum Target {
     P99Ratio(f64),
     /// `p99 − floor ≤ ratio · (best p99 − floor)`.
     ExcessRatio(f64),
-    /// No more failed requests than the built-in with the fewest.
+    /// No more failed requests than the best built-in, summed over the
+    /// repetitions (per run, if the counts of runs differ). Medians of
+    /// counts that are 0 to 3 per run say nothing; sums do, and
+    /// [`more_failures_p`] says whether an excess is more than chance.
     NoMoreErrors,
 }
 
@@ -624,23 +631,78 @@ impl Target {
     }
 
     /// The bound as text, given the best built-in's numbers.
-    pub fn bound(&self, best_p99: f64, floor: f64, fewest_errors: f64) -> String {
-        let ms = self.bound_ms(best_p99, floor).unwrap_or(0.0);
+    pub fn bound(&self, best: &BalancerSummary, floor: f64) -> String {
+        let ms = self.bound_ms(best.p99_ms, floor).unwrap_or(0.0);
         match *self {
             Target::P99Ratio(r) => format!("p99 ≤ {r} x best = {ms:.1} ms"),
             Target::ExcessRatio(r) => format!("p99 ≤ floor + {r} x best's excess = {ms:.1} ms"),
-            Target::NoMoreErrors => format!("failures ≤ {fewest_errors:.0}"),
+            Target::NoMoreErrors => format!(
+                "failures ≤ {} (sum of {} runs)",
+                best.errors_by_kind.total(),
+                best.runs
+            ),
         }
     }
 
-    /// Whether `deep_sched` meets it.
-    pub fn met(&self, ds: &BalancerSummary, best_p99: f64, floor: f64, fewest_errors: f64) -> bool {
+    /// Whether `deep_sched` (`ds`) meets it against the best built-in.
+    pub fn met(&self, ds: &BalancerSummary, best: &BalancerSummary, floor: f64) -> bool {
         match *self {
-            Target::P99Ratio(r) => ds.p99_ms <= r * best_p99,
-            Target::ExcessRatio(r) => ds.p99_ms - floor <= r * (best_p99 - floor),
-            Target::NoMoreErrors => ds.errors <= fewest_errors,
+            Target::P99Ratio(r) => ds.p99_ms <= r * best.p99_ms,
+            Target::ExcessRatio(r) => ds.p99_ms - floor <= r * (best.p99_ms - floor),
+            // cross-multiplied: failures per run, without dividing
+            Target::NoMoreErrors => {
+                ds.errors_by_kind.total() * best.runs as u64
+                    <= best.errors_by_kind.total() * ds.runs as u64
+            }
         }
     }
+}
+
+/// One-sided exact test of "`a` failures in `runs_a` runs are more than
+/// `b` in `runs_b` by chance". If both come from the same Poisson rate per
+/// run, `a` given `a + b` is Binomial(a + b, runs_a / (runs_a + runs_b));
+/// the answer is `P(X ≥ a)` under that law (1 when `a` is 0). Small means
+/// the excess is real.
+pub fn more_failures_p(a: u64, runs_a: usize, b: u64, runs_b: usize) -> f64 {
+    let (Some(n), true) = (a.checked_add(b), runs_a + runs_b > 0) else {
+        return 1.0;
+    };
+    if a == 0 {
+        return 1.0;
+    }
+    let share = runs_a as f64 / (runs_a + runs_b) as f64;
+    match Binomial::new(share, n) {
+        Ok(law) => law.sf(a - 1),
+        Err(_) => 1.0,
+    }
+}
+
+/// "A vs B failed requests" over all runs, with the exact test when
+/// deep_sched has more, and the built-in with the fewest when that is not
+/// the best one (it is named, so the choice of comparison hides nothing).
+fn failures_against(
+    ds: &BalancerSummary,
+    best: &BalancerSummary,
+    builtins: &[&BalancerSummary],
+) -> String {
+    let rate = |s: &BalancerSummary| s.errors_by_kind.total() as f64 / s.runs.max(1) as f64;
+    let (a, b) = (ds.errors_by_kind.total(), best.errors_by_kind.total());
+    let mut text = format!("{a} vs {b} failed requests over all runs");
+    if rate(ds) > rate(best) {
+        let p = more_failures_p(a, ds.runs, b, best.runs);
+        let _ = write!(text, " (more by chance? one-sided exact test p = {p:.2})");
+    }
+    let fewest = builtins.iter().min_by(|x, y| rate(x).total_cmp(&rate(y)));
+    if let Some(f) = fewest.filter(|f| rate(f) < rate(best)) {
+        let c = f.errors_by_kind.total();
+        let p = more_failures_p(a, ds.runs, c, f.runs);
+        let _ = write!(
+            text,
+            "; fewest of any built-in: {} {c} (p = {p:.2})",
+            f.balancer
+        );
+    }
+    text
 }
 
 /// The `## lab` section of BENCHMARKS.md from `results/S*/summary.json`.
@@ -689,8 +751,9 @@ Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
                 .map_or("—".to_string(), |s| {
                     let lo = s.p99_runs_ms.iter().copied().fold(f64::MAX, f64::min);
                     let hi = s.p99_runs_ms.iter().copied().fold(0.0, f64::max);
-                    let errors = if id == "S4" || s.errors > 0.0 {
-                        format!(", {:.0} failed", s.errors)
+                    let failed = s.errors_by_kind.total();
+                    let errors = if id == "S4" || failed > 0 {
+                        format!(", {failed} failed")
                     } else {
                         String::new()
                     };
@@ -703,7 +766,6 @@ Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
             .collect();
         let best = builtins.iter().min_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
         let floor = median(&summaries.iter().map(|s| s.floor_p99_ms).collect::<Vec<_>>());
-        let fewest = builtins.iter().map(|s| s.errors).fold(f64::MAX, f64::min);
         let (target, met) = match (best, Target::of(id)) {
             (Some(best), Some(t)) => {
                 let met_by = |name: &str| {
@@ -711,8 +773,16 @@ Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
                         .iter()
                         .find(|s| s.balancer == name)
                         .map_or("—".to_string(), |ds| {
-                            if t.met(ds, best.p99_ms, floor, fewest) {
+                            if t.met(ds, best, floor) {
                                 "yes".into()
+                            } else if t == Target::NoMoreErrors {
+                                let p = more_failures_p(
+                                    ds.errors_by_kind.total(),
+                                    ds.runs,
+                                    best.errors_by_kind.total(),
+                                    best.runs,
+                                );
+                                format!("**no** (p = {p:.2})")
                             } else {
                                 "**no**".into()
                             }
@@ -721,16 +791,16 @@ Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
                 let mut met = format!("{} / {}", met_by("deep_sched"), met_by("deep_sched_p2c"));
                 let pool = summaries.iter().find(|s| s.balancer == ONE_POOL);
                 if let (Some(pool), Some(bound)) = (pool, t.bound_ms(best.p99_ms, floor)) {
-                    if bound < pool.p99_ms {
+                    if bound < pool.p99_ms && bound >= floor {
                         met.push_str(" (bound below one pool)");
                     }
                 }
+                if t.bound_ms(best.p99_ms, floor).is_some_and(|b| b < floor) {
+                    // every request waits at least its own service time
+                    met.push_str(" (bound below the floor)");
+                }
                 (
-                    format!(
-                        "best built-in {}: {}",
-                        best.balancer,
-                        t.bound(best.p99_ms, floor, fewest)
-                    ),
+                    format!("best built-in {}: {}", best.balancer, t.bound(best, floor)),
                     met,
                 )
             }
@@ -779,19 +849,72 @@ mod tests {
         }
     }
 
+    /// `summary` with `failed` 5xx answers summed over its runs.
+    fn failing(name: &str, p99: f64, failed: u64) -> BalancerSummary {
+        let mut s = summary(name, p99, 47.0, 0.0);
+        s.errors_by_kind.status_5xx = failed;
+        s
+    }
+
     #[test]
     fn targets_compare_against_the_best_builtin() {
         // S2: best 60 ms over a 46 ms floor: excess 14, half is 7 → ≤ 53 ms
+        let best = summary("least_conn", 60.0, 46.0, 0.0);
         let t = Target::of("S2").unwrap();
-        assert!(t.met(&summary("deep_sched", 53.0, 46.0, 0.0), 60.0, 46.0, 0.0));
-        assert!(!t.met(&summary("deep_sched", 53.5, 46.0, 0.0), 60.0, 46.0, 0.0));
+        assert!(t.met(&summary("deep_sched", 53.0, 46.0, 0.0), &best, 46.0));
+        assert!(!t.met(&summary("deep_sched", 53.5, 46.0, 0.0), &best, 46.0));
+        let best = summary("least_conn", 76.0, 46.0, 0.0);
         let t = Target::of("S3").unwrap();
-        assert!(t.met(&summary("deep_sched", 60.0, 46.0, 0.0), 76.0, 46.0, 0.0));
-        assert!(!t.met(&summary("deep_sched", 61.0, 46.0, 0.0), 76.0, 46.0, 0.0));
+        assert!(t.met(&summary("deep_sched", 60.0, 46.0, 0.0), &best, 46.0));
+        assert!(!t.met(&summary("deep_sched", 61.0, 46.0, 0.0), &best, 46.0));
+        // S4 counts failures summed over the runs, whatever the p99
         let t = Target::of("S4").unwrap();
-        assert!(t.met(&summary("deep_sched", 99.0, 46.0, 3.0), 50.0, 46.0, 3.0));
-        assert!(!t.met(&summary("deep_sched", 40.0, 46.0, 4.0), 50.0, 46.0, 3.0));
+        let best = failing("least_conn", 50.0, 6);
+        assert!(t.met(&failing("deep_sched", 99.0, 6), &best, 46.0));
+        assert!(!t.met(&failing("deep_sched", 40.0, 7), &best, 46.0));
+        assert_eq!(t.bound(&best, 46.0), "failures ≤ 6 (sum of 3 runs)");
+        // per run when the counts of runs differ: 7 in 4 runs < 6 in 3
+        let mut ds = failing("deep_sched", 50.0, 7);
+        ds.runs = 4;
+        assert!(t.met(&ds, &best, 46.0));
         assert_eq!(Target::of("S9"), None);
+    }
+
+    #[test]
+    fn the_failure_test_is_the_binomial_tail() {
+        // no failures, or fewer than the other: nothing to explain
+        assert_eq!(more_failures_p(0, 3, 9, 3), 1.0);
+        // 5 vs 0 in equal runs: all five on one side, 2^-5
+        assert!((more_failures_p(5, 3, 0, 3) - 1.0 / 32.0).abs() < 1e-12);
+        // 3 vs 3: P(X ≥ 3) for Binomial(6, ½) = (20 + 15 + 6 + 1) / 64
+        assert!((more_failures_p(3, 3, 3, 3) - 42.0 / 64.0).abs() < 1e-12);
+        // 2 in 1 run vs 0 in 3: Binomial(2, ¼), P(X = 2) = 1/16
+        assert!((more_failures_p(2, 1, 0, 3) - 1.0 / 16.0).abs() < 1e-12);
+        // more failures on one side is ever less likely by chance
+        let ps: Vec<f64> = (10..=20).map(|a| more_failures_p(a, 9, 10, 9)).collect();
+        assert!(ps.windows(2).all(|w| w[1] < w[0]), "{ps:?}");
+        assert_eq!(more_failures_p(1, 0, 0, 0), 1.0);
+    }
+
+    /// Settings for rendering (nothing is run).
+    fn settings() -> Settings {
+        Settings {
+            nginx: "nginx".into(),
+            module: None,
+            learner: None,
+            policy: None,
+            duration: std::time::Duration::from_secs(20),
+            explore: std::time::Duration::from_secs(180),
+            explore_p2c: true,
+            explore_weights: vec![1, 3],
+            reps: 3,
+            worker_processes: 2,
+            work_dir: "unused".into(),
+            results_dir: "unused".into(),
+            seed: 1,
+            only: vec![],
+            learn_args: vec![],
+        }
     }
 
     /// The BENCHMARKS section from one scenario's summaries, and its row.
@@ -852,24 +975,7 @@ mod tests {
         );
 
         let scenario = Scenario::by_id("S5").unwrap();
-        let settings = Settings {
-            nginx: "nginx".into(),
-            module: None,
-            learner: None,
-            policy: None,
-            duration: std::time::Duration::from_secs(20),
-            explore: std::time::Duration::from_secs(180),
-            explore_p2c: true,
-            explore_weights: vec![1, 3],
-            reps: 3,
-            worker_processes: 2,
-            work_dir: "unused".into(),
-            results_dir: "unused".into(),
-            seed: 1,
-            only: vec![],
-            learn_args: vec![],
-        };
-        let text = render_markdown(&scenario, &settings, &balancers, "1.28", &[]);
+        let text = render_markdown(&scenario, &settings(), &balancers, "1.28", &[]);
         assert!(
             text.contains("Best built-in by p99: **random_two_least_conn** (110.0 ms"),
             "{text}"
@@ -879,6 +985,54 @@ mod tests {
         assert!(
             text.contains("perfect balancer over these backends would get: p99 100.0 ms = 0.91 x"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn failures_are_judged_by_sums_against_the_best_builtin_with_the_test() {
+        // least_conn is the best by p99; hash fails least but is not the
+        // bound, and it is named with its own p
+        let balancers = [
+            failing("least_conn", 52.0, 6),
+            failing("hash_consistent", 108.0, 1),
+            failing("deep_sched", 65.0, 5),
+            failing("deep_sched_p2c", 53.0, 9),
+        ];
+        let (md, row) = section_of("S4", &balancers, "x");
+        assert!(row.contains("| 52.0 (51.0–54.0), 6 failed |"), "{row}");
+        assert!(
+            row.contains("best built-in least_conn: failures ≤ 6 (sum of 3 runs)"),
+            "{row}"
+        );
+        // 9 vs 6: P(X ≥ 9) for Binomial(15, ½) = 0.30
+        assert!(row.ends_with("| yes / **no** (p = 0.30) |"), "{row}");
+        assert!(md.contains("S4"));
+
+        let scenario = Scenario::by_id("S4").unwrap();
+        let text = render_markdown(&scenario, &settings(), &balancers, "1.28", &[]);
+        assert!(
+            text.contains("deep_sched_p2c: p99 53.0 ms = 1.02 x the best built-in; excess over the floor 6.0 ms = 1.20 x the best built-in's; 9 vs 6 failed requests over all runs (more by chance? one-sided exact test p = 0.30); fewest of any built-in: hash_consistent 1 (p = 0.01)."),
+            "{text}"
+        );
+        assert!(
+            text.contains("deep_sched: p99 65.0 ms = 1.25 x the best built-in; excess over the floor 18.0 ms = 3.60 x the best built-in's; 5 vs 6 failed requests over all runs; fewest"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_bound_below_the_floor_is_flagged_as_such() {
+        // S6-like: 0.8 x 54.8 = 43.8 ms < the 46.8 ms floor; no request is
+        // faster than its own service time, so no balancer can meet it
+        let balancers = [
+            summary("least_conn", 54.8, 46.8, 0.0),
+            summary(ONE_POOL, 48.4, 46.8, 0.0),
+            summary("deep_sched_p2c", 49.3, 46.8, 0.0),
+        ];
+        let (_, row) = section_of("S6", &balancers, "x");
+        assert!(
+            row.ends_with("| — / **no** (bound below the floor) |"),
+            "{row}"
         );
     }
 }
