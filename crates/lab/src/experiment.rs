@@ -200,17 +200,26 @@ impl Scenario {
     /// neighbour (S3), or an event that hits one peer (S4).
     pub fn one_pool(&self) -> Option<Vec<BackendSpec>> {
         let first = self.backends.first()?;
-        let alike = self
-            .backends
-            .iter()
-            .all(|b| b.service == first.service && b.slow.is_none());
-        (alike && self.event.is_none()).then(|| {
+        (self.floor_is_fixed() && self.event.is_none()).then(|| {
             vec![BackendSpec {
                 workers: self.backends.iter().map(|b| b.workers).sum(),
                 service: first.service,
                 slow: None,
             }]
         })
+    }
+
+    /// Whether every backend has the same service times all the time (no
+    /// noisy neighbour). The floor, the service time's p99, then does not
+    /// depend on where a balancer sends requests, and no balancer's p99
+    /// can be below it: every request takes at least its own service time.
+    pub fn floor_is_fixed(&self) -> bool {
+        let Some(first) = self.backends.first() else {
+            return false;
+        };
+        self.backends
+            .iter()
+            .all(|b| b.service == first.service && b.slow.is_none())
     }
 
     /// The backends a run of `balancer` uses: the scenario's, or for
@@ -1008,6 +1017,18 @@ mod tests {
         let s5 = Scenario::by_id("S5").unwrap();
         assert!((s5.capacity_rps() - 24.0 * 1000.0 * 3.0 / 40.0).abs() < 1e-9);
         assert_eq!(Scenario::all().len(), 6);
+    }
+
+    #[test]
+    fn the_floor_is_fixed_unless_a_backend_serves_differently() {
+        let fixed: Vec<bool> = Scenario::all().iter().map(|s| s.floor_is_fixed()).collect();
+        // only S3 has a peer that is slower some of the time
+        assert_eq!(fixed, [true, true, false, true, true, true]);
+        let mut s1 = Scenario::by_id("S1").unwrap();
+        s1.backends[1].service = ServiceTimes::uniform(Delay::Exponential { mean_ms: 20.0 });
+        assert!(!s1.floor_is_fixed());
+        s1.backends.clear();
+        assert!(!s1.floor_is_fixed());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! deep-sched-lab run S1 S2 --nginx build/sbin/nginx --duration 30s --reps 3
 //! deep-sched-lab distribution --nginx build/sbin/nginx
 //! deep-sched-lab list
+//! deep-sched-lab report results/S4     # report.md again from summary.json
 //! ```
 
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use deep_sched_lab::experiment::{
     builtin_balancers, default_work_dir, distribution, explore, run_scenario, Scenario, Settings,
 };
 use deep_sched_lab::report::{
-    benchmarks_section, write_distribution_report, write_scenario_report,
+    benchmarks_section, rerender_scenario_report, write_distribution_report, write_scenario_report,
 };
 
 /// deep_sched lab: explore -> learn -> compare against nginx's balancers.
@@ -126,6 +127,13 @@ enum Cmd {
         /// The command that produced the results (quoted in the section).
         #[arg(long, default_value = "scripts/experiment.sh all")]
         command: String,
+    },
+    /// Write each DIR/report.md again from DIR/summary.json (after a change
+    /// to the report or the targets; the plots are kept, not redrawn).
+    Report {
+        /// Scenario result directories, e.g. results/S4.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
     },
     /// N = 2..6 idle peers, 10,000 requests each: std. dev. of per-peer counts.
     Distribution {
@@ -318,6 +326,12 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Benchmarks { results, command } => {
             print!("{}", benchmarks_section(&results, &command)?);
+        }
+        Cmd::Report { dirs } => {
+            for dir in &dirs {
+                let path = rerender_scenario_report(dir)?;
+                println!("{}", path.display());
+            }
         }
         Cmd::Distribution { common, requests } => {
             let settings = settings(&common)?;
