@@ -17,9 +17,10 @@
 # "--states auto"), POLICY (evaluate this policy instead of exploring and
 # learning; one scenario), EXPLORE_CHOOSE (p2c or wrr: the per-request choice
 # of the exploration run, default p2c), EXPLORE_WEIGHTS (the exploration set,
-# default 1,3). deep_sched is evaluated when build/sbin/nginx,
-# build/modules/ngx_http_deep_sched_module.so and the learner exist
-# (scripts/build.sh); otherwise only nginx's own balancers run.
+# default 1,3), EXPLORE_INTERVAL (the decision interval of the exploration
+# and so of the learned policy, default 1s). deep_sched is evaluated when
+# build/sbin/nginx, build/modules/ngx_http_deep_sched_module.so and the
+# learner exist (scripts/build.sh); otherwise only nginx's own balancers run.
 # Time: about (4 to 7 runs) x REPS x (DURATION + 2 s) + EXPLORE per
 # scenario: ~10 min each with the defaults, ~60 min for `all`.
 set -euo pipefail
@@ -47,5 +48,6 @@ fi
 exec target/release/deep-sched-lab run "${args[@]}" --nginx "$NGINX" --results "${RESULTS:-results}" \
     --duration "$duration" --reps "$reps" --explore "$explore" "${MODULE_ARGS[@]}" \
     --explore-choose "${EXPLORE_CHOOSE:-p2c}" --explore-weights "${EXPLORE_WEIGHTS:-1,3}" \
+    --explore-interval "${EXPLORE_INTERVAL:-1s}" \
     ${POLICY:+--policy "$POLICY"} \
     ${LEARN_ARGS:+$(printf -- '--learn-arg=%s ' $LEARN_ARGS)}

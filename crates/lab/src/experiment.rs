@@ -357,6 +357,10 @@ pub struct Settings {
     /// enough for the learner's test against equal weights to see a real
     /// gain.
     pub explore_weights: Vec<u32>,
+    /// Decision interval of the exploration runs, ms; the learned policy
+    /// takes the samples' interval, so it is also the interval it is
+    /// served with. Default [`EXPLORE_INTERVAL_MS`].
+    pub explore_interval_ms: u64,
     /// Repetitions per balancer.
     pub reps: usize,
     /// nginx `worker_processes`.
@@ -574,7 +578,7 @@ pub fn builtin_balancers() -> Vec<Balancer> {
     ]
 }
 
-/// Decision interval of the exploration runs, ms.
+/// Default decision interval of the exploration runs, ms.
 pub const EXPLORE_INTERVAL_MS: u64 = 1000;
 
 /// Exploration run (`deep_sched explore`) of `settings.explore`; returns
@@ -588,7 +592,7 @@ pub fn explore(
     let _ = std::fs::remove_file(&samples);
     let balancer = Balancer::DeepSchedExplore {
         log: samples.clone(),
-        interval_ms: EXPLORE_INTERVAL_MS,
+        interval_ms: settings.explore_interval_ms,
         weights: settings.explore_weights.clone(),
         p2c: settings.explore_p2c,
     };

@@ -53,6 +53,7 @@ fn settings(tag: &str) -> Option<(Settings, tempdir::Dir)> {
             explore: Duration::from_secs(3),
             explore_p2c: true,
             explore_weights: vec![1, 3],
+            explore_interval_ms: deep_sched_lab::experiment::EXPLORE_INTERVAL_MS,
             policy: None,
             reps: 1,
             worker_processes: 1,
