@@ -62,5 +62,6 @@ for line in "${variants[@]}"; do
         --duration "${DURATION:-20s}" --reps "${REPS:-3}"
     cp "$work/runs/$scenario/summary.json" "$dir/"
     target/release/deep-sched-lab report "$dir" >/dev/null
+    sed -i "s#Reproduce: \`scripts/experiment.sh $scenario\`#Reproduce: \`VARIANTS=$name scripts/lab-levers.sh\`#" "$dir/report.md"
     echo "lab-levers: $dir/report.md"
 done
