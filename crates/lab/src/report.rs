@@ -918,6 +918,12 @@ fn median(xs: &[f64]) -> f64 {
 mod tests {
     use super::*;
 
+    /// Asserts that `text` contains `needle`, showing `text` if not.
+    #[track_caller]
+    fn has(text: &str, needle: &str) {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+
     fn summary(name: &str, p99: f64, floor: f64, errors: f64) -> BalancerSummary {
         BalancerSummary {
             balancer: name.into(),
@@ -1017,11 +1023,8 @@ mod tests {
             summary("deep_sched", 58.0, 47.0, 0.0),
         ];
         let (md, row) = section_of("S3", &balancers, "scripts/experiment.sh S3");
-        assert!(row.contains("| 76.0 (75.0–78.0) |"), "{row}");
-        assert!(
-            row.contains("best built-in least_conn: p99 ≤ 0.8 x best = 60.8 ms"),
-            "{row}"
-        );
+        has(&row, "| 76.0 (75.0–78.0) |");
+        has(&row, "best built-in least_conn: p99 ≤ 0.8 x best = 60.8 ms");
         assert!(row.ends_with("| yes / — |"), "{row}");
         assert!(md.contains("`scripts/experiment.sh S3`"));
     }
@@ -1041,9 +1044,9 @@ mod tests {
             row.starts_with("| S5 | 70.0 | 100.0 (99.0–102.0) | — |"),
             "{row}"
         );
-        assert!(
-            row.contains("best built-in random_two_least_conn: p99 ≤ 0.8 x best = 88.0 ms"),
-            "{row}"
+        has(
+            &row,
+            "best built-in random_two_least_conn: p99 ≤ 0.8 x best = 88.0 ms",
         );
         assert!(
             row.ends_with("| — / **no** (bound below one pool) |"),
@@ -1056,11 +1059,11 @@ mod tests {
             text.contains("Best built-in by p99: **random_two_least_conn** (110.0 ms"),
             "{text}"
         );
-        assert!(text.contains("| one_pool | 10.0 |"), "{text}");
-        assert!(text.contains("(one backend, one queue)"), "{text}");
-        assert!(
-            text.contains("perfect balancer over these backends would get: p99 100.0 ms = 0.91 x"),
-            "{text}"
+        has(&text, "| one_pool | 10.0 |");
+        has(&text, "(one backend, one queue)");
+        has(
+            &text,
+            "perfect balancer over these backends would get: p99 100.0 ms = 0.91 x",
         );
     }
 
@@ -1075,24 +1078,18 @@ mod tests {
             failing("deep_sched_p2c", 53.0, 9),
         ];
         let (_, row) = section_of("S4", &balancers, "x");
-        assert!(row.contains("| 52.0 (51.0–54.0), 6 failed |"), "{row}");
-        assert!(
-            row.contains("best built-in least_conn: failures ≤ 6 (sum of 3 runs)"),
-            "{row}"
+        has(&row, "| 52.0 (51.0–54.0), 6 failed |");
+        has(
+            &row,
+            "best built-in least_conn: failures ≤ 6 (sum of 3 runs)",
         );
         // 9 vs 6: P(X ≥ 9) for Binomial(15, ½) = 0.30
         assert!(row.ends_with("| yes / **no** (p = 0.30) |"), "{row}");
 
         let scenario = Scenario::by_id("S4").unwrap();
         let text = render_markdown(&scenario, &info(), &balancers, &[]);
-        assert!(
-            text.contains("deep_sched_p2c: p99 53.0 ms = 1.02 x the best built-in; excess over the floor 6.0 ms = 1.20 x the best built-in's; 9 vs 6 failed requests over all runs (more by chance? one-sided exact test p = 0.30); fewest of any built-in: hash_consistent 1 (p = 0.01)."),
-            "{text}"
-        );
-        assert!(
-            text.contains("deep_sched: p99 65.0 ms = 1.25 x the best built-in; excess over the floor 18.0 ms = 3.60 x the best built-in's; 5 vs 6 failed requests over all runs; fewest"),
-            "{text}"
-        );
+        has(&text, "deep_sched_p2c: p99 53.0 ms = 1.02 x the best built-in; excess over the floor 6.0 ms = 1.20 x the best built-in's; 9 vs 6 failed requests over all runs (more by chance? one-sided exact test p = 0.30); fewest of any built-in: hash_consistent 1 (p = 0.01).");
+        has(&text, "deep_sched: p99 65.0 ms = 1.25 x the best built-in; excess over the floor 18.0 ms = 3.60 x the best built-in's; 5 vs 6 failed requests over all runs; fewest");
     }
 
     #[test]
@@ -1151,7 +1148,7 @@ mod tests {
             render_markdown(&scenario, &info(), &balancers, &plots)
         );
         assert!(text.contains("(peer_share.png)") && !text.contains("latency_percentiles"));
-        assert!(text.contains("- 3 repetitions x 20s per balancer, interleaved; medians below; nginx 1.28 with 2 worker processes"), "{text}");
+        has(&text, "- 3 repetitions x 20s per balancer, interleaved; medians below; nginx 1.28 with 2 worker processes");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1207,7 +1204,7 @@ mod tests {
         }
         std::fs::remove_file(dir.join("summary.json")).unwrap();
         let e = rerender_scenario_report(&dir).unwrap_err().to_string();
-        assert!(e.contains("summary.json"), "{e}");
+        has(&e, "summary.json");
         std::fs::write(dir.join("summary.json"), good.to_string()).unwrap();
         assert!(rerender_scenario_report(&dir).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
