@@ -97,6 +97,18 @@ pub fn parse_time_ms(text: &str) -> Option<u64> {
     n.checked_mul(scale)
 }
 
+/// Parses a decision interval (`interval=` of the directive): an nginx time
+/// value within [`INTERVAL_RANGE_MS`]. Returns milliseconds, or what is
+/// wrong with it.
+pub fn parse_interval_ms(text: &str) -> Result<u64, &'static str> {
+    let ms = parse_time_ms(text).ok_or("expected a time such as 500ms, 2s or 1m")?;
+    let (lo, hi) = INTERVAL_RANGE_MS;
+    if !(lo..=hi).contains(&ms) {
+        return Err("the interval must be between 100ms and 1h");
+    }
+    Ok(ms)
+}
+
 /// Parses the words after `deep_sched`.
 pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
     let mut rest = words;
@@ -137,13 +149,7 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
         seen.push(key);
         match key {
             "interval" => {
-                let ms = parse_time_ms(value)
-                    .ok_or_else(|| err(word, "expected a time such as 500ms, 2s or 1m"))?;
-                let (lo, hi) = INTERVAL_RANGE_MS;
-                if !(lo..=hi).contains(&ms) {
-                    return Err(err(word, "the interval must be between 100ms and 1h"));
-                }
-                args.interval_ms = Some(ms);
+                args.interval_ms = Some(parse_interval_ms(value).map_err(|e| err(word, e))?);
             }
             "choose" => {
                 args.choose = match value {

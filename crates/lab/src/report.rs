@@ -154,20 +154,9 @@ pub fn write_scenario_report(
 /// not redrawn.
 pub fn rerender_scenario_report(dir: &Path) -> Result<PathBuf, ReportError> {
     let path = dir.join("summary.json");
-    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    let bad = |reason: String| ReportError::Summary {
-        path: path.clone(),
-        reason,
-    };
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let field = |name: &str| {
-        v.get(name).ok_or_else(|| {
-            bad(format!(
-                "no `{name}` (written by an older release? run it again)"
-            ))
-        })
-    };
+    let (v, summaries) = read_summary(&path)?;
+    let bad = |reason: String| summary_error(&path, reason);
+    let field = |name: &str| v.get(name).ok_or_else(|| bad(missing(name)));
     let id = field("scenario")?.as_str().unwrap_or_default();
     let scenario = Scenario::by_id(id).ok_or_else(|| bad(format!("unknown scenario `{id}`")))?;
     let count = |name: &str| {
@@ -189,8 +178,6 @@ pub fn rerender_scenario_report(dir: &Path) -> Result<PathBuf, ReportError> {
             .ok_or_else(|| bad("`nginx` is not a version string".into()))?
             .to_string(),
     };
-    let summaries: Vec<BalancerSummary> = serde_json::from_value(field("balancers")?.clone())
-        .map_err(|e| bad(format!("balancers: {e}")))?;
     let plots: Vec<(&str, &str)> = PLOTS
         .into_iter()
         .filter(|(_, file)| dir.join(file).is_file())
@@ -199,6 +186,30 @@ pub fn rerender_scenario_report(dir: &Path) -> Result<PathBuf, ReportError> {
     let out = dir.join("report.md");
     std::fs::write(&out, md).map_err(io_err(&out))?;
     Ok(out)
+}
+
+/// A `summary.json`: the whole document and its balancers.
+fn read_summary(path: &Path) -> Result<(serde_json::Value, Vec<BalancerSummary>), ReportError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| summary_error(path, format!("not JSON: {e}")))?;
+    let balancers = v
+        .get("balancers")
+        .ok_or_else(|| summary_error(path, missing("balancers")))?;
+    let summaries = serde_json::from_value(balancers.clone())
+        .map_err(|e| summary_error(path, format!("balancers: {e}")))?;
+    Ok((v, summaries))
+}
+
+fn summary_error(path: &Path, reason: String) -> ReportError {
+    ReportError::Summary {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+fn missing(field: &str) -> String {
+    format!("no `{field}` (written by an older release? run it again)")
 }
 
 fn render_markdown(
@@ -735,11 +746,7 @@ impl Target {
         match *self {
             Target::P99Ratio(r) => ds.p99_ms <= r * best.p99_ms,
             Target::ExcessRatio(r) => ds.p99_ms - floor <= r * (best.p99_ms - floor),
-            // cross-multiplied: failures per run, without dividing
-            Target::NoMoreErrors => {
-                ds.errors_by_kind.total() * best.runs as u64
-                    <= best.errors_by_kind.total() * ds.runs as u64
-            }
+            Target::NoMoreErrors => failures_per_run(ds) <= failures_per_run(best),
         }
     }
 }
@@ -750,17 +757,16 @@ impl Target {
 /// the answer is `P(X ≥ a)` under that law (1 when `a` is 0). Small means
 /// the excess is real.
 pub fn more_failures_p(a: u64, runs_a: usize, b: u64, runs_b: usize) -> f64 {
-    let (Some(n), true) = (a.checked_add(b), runs_a + runs_b > 0) else {
-        return 1.0;
-    };
-    if a == 0 {
+    if a == 0 || runs_a + runs_b == 0 {
         return 1.0;
     }
     let share = runs_a as f64 / (runs_a + runs_b) as f64;
-    match Binomial::new(share, n) {
-        Ok(law) => law.sf(a - 1),
-        Err(_) => 1.0,
-    }
+    Binomial::new(share, a.saturating_add(b)).map_or(1.0, |law| law.sf(a - 1))
+}
+
+/// Failed requests per run, summed over the runs of `s`.
+fn failures_per_run(s: &BalancerSummary) -> f64 {
+    s.errors_by_kind.total() as f64 / s.runs.max(1) as f64
 }
 
 /// "A vs B failed requests" over all runs, with the exact test when
@@ -771,15 +777,16 @@ fn failures_against(
     best: &BalancerSummary,
     builtins: &[&BalancerSummary],
 ) -> String {
-    let rate = |s: &BalancerSummary| s.errors_by_kind.total() as f64 / s.runs.max(1) as f64;
     let (a, b) = (ds.errors_by_kind.total(), best.errors_by_kind.total());
     let mut text = format!("{a} vs {b} failed requests over all runs");
-    if rate(ds) > rate(best) {
+    if failures_per_run(ds) > failures_per_run(best) {
         let p = more_failures_p(a, ds.runs, b, best.runs);
         let _ = write!(text, " (more by chance? one-sided exact test p = {p:.2})");
     }
-    let fewest = builtins.iter().min_by(|x, y| rate(x).total_cmp(&rate(y)));
-    if let Some(f) = fewest.filter(|f| rate(f) < rate(best)) {
+    let fewest = builtins
+        .iter()
+        .min_by(|x, y| failures_per_run(x).total_cmp(&failures_per_run(y)));
+    if let Some(f) = fewest.filter(|f| failures_per_run(f) < failures_per_run(best)) {
         let c = f.errors_by_kind.total();
         let p = more_failures_p(a, ds.runs, c, f.runs);
         let _ = write!(
@@ -818,18 +825,10 @@ Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
     ];
     for id in ["S1", "S2", "S3", "S4", "S5", "S6"] {
         let path = results_dir.join(id).join("summary.json");
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        if !path.is_file() {
             continue;
-        };
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ReportError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        let summaries: Vec<BalancerSummary> = serde_json::from_value(v["balancers"].clone())
-            .map_err(|e| ReportError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(format!("balancers: {e}")),
-            })?;
+        }
+        let (_, summaries) = read_summary(&path)?;
         let cell = |name: &str| {
             summaries
                 .iter()

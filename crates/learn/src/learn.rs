@@ -39,7 +39,7 @@ use deep_sched_core::policy::{
 };
 
 use crate::em::{fit, FittedGmm, GmmParams};
-use crate::mdp::{q_learning, LinUcb, Mdp, Transition};
+use crate::mdp::{q_learning, traffic_shares, LinUcb, Mdp, Transition};
 use crate::reader::{read_samples, read_vts, Observation, ReadError, ReadStats};
 use crate::reward::Expr;
 
@@ -468,14 +468,7 @@ pub fn learn(
     // Each action's share of traffic per peer, for the share model.
     let shares: Vec<Vec<Vec<f64>>> = action_sets
         .iter()
-        .map(|set| {
-            set.iter()
-                .map(|w| {
-                    let total: f64 = w.iter().map(|&x| f64::from(x)).sum();
-                    w.iter().map(|&x| f64::from(x) / total.max(1.0)).collect()
-                })
-                .collect()
-        })
+        .map(|set| set.iter().map(|w| traffic_shares(w)).collect())
         .collect();
 
     // Action 0, the fallback (states without an allowed action, and

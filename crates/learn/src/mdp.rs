@@ -395,6 +395,17 @@ fn solve(m: &mut [f64], b: &mut [f64], n: usize) {
     }
 }
 
+/// A weight vector's share of traffic per peer (each weight over their
+/// sum; all zero for an all-zero vector), as [`Mdp::admit_by_share_model`]
+/// takes them.
+pub fn traffic_shares(weights: &[u32]) -> Vec<f64> {
+    let total: f64 = weights.iter().map(|&x| f64::from(x)).sum();
+    weights
+        .iter()
+        .map(|&x| f64::from(x) / total.max(1.0))
+        .collect()
+}
+
 /// Ordinary least squares `y ≈ xᵀβ` by the normal equations, with the
 /// core's Cholesky helpers for `(XᵀX)⁻¹ = U Uᵀ` (a `p×p` system with `p` =
 /// peers of one upstream, at most 64: no linear-algebra crate needed).
@@ -858,11 +869,14 @@ mod tests {
             [3, 3, 1],
         ]
         .iter()
-        .map(|w| {
-            let t: f64 = w.iter().map(|&x| f64::from(x)).sum();
-            w.iter().map(|&x| f64::from(x) / t).collect()
-        })
+        .map(|w| traffic_shares(w))
         .collect()
+    }
+
+    #[test]
+    fn traffic_shares_are_weights_over_their_sum() {
+        assert_eq!(traffic_shares(&[3, 3, 2]), vec![0.375, 0.375, 0.25]);
+        assert_eq!(traffic_shares(&[0, 0]), vec![0.0, 0.0]);
     }
 
     #[test]
