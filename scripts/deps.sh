@@ -18,6 +18,12 @@ if ! python3 -c 'import jsonschema' >/dev/null 2>&1; then
     echo "deps.sh: installing the jsonschema Python package"
     python3 -m pip install --quiet jsonschema || pip3 install --quiet jsonschema
 fi
+# tests/prometheus.rs parses the status page with the Prometheus project's
+# own Python parser.
+if ! python3 -c 'import prometheus_client.parser' >/dev/null 2>&1; then
+    echo "deps.sh: installing the prometheus_client Python package"
+    python3 -m pip install --quiet prometheus_client || pip3 install --quiet prometheus_client
+fi
 missing=()
 for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

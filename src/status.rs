@@ -94,6 +94,7 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                                 p95: percentile(&c.latency_hist, 0.95),
                                 p99: percentile(&c.latency_hist, 0.99),
                             },
+                            latency_hist: c.latency_hist,
                             inflight: c.inflight,
                             latency_ewma_msec: s.latency_ewma_ms(),
                             rps: c.requests.saturating_sub(prev) as f64 / since,

@@ -4,10 +4,21 @@
 //! rendered is decided here, without nginx. Per-peer counter names follow
 //! nginx-module-vts (`requestCounter`, `inBytes`, `outBytes`, `responses`,
 //! `requestMsecCounter`, `requestMsec`, `weight`) so vts readers are at home.
+//!
+//! The Prometheus text follows the exposition format 0.0.4 and the naming
+//! conventions: one family per name, counters end in `_total`, and the
+//! response time is a histogram in seconds
+//! (`deep_sched_peer_response_seconds_bucket{le}`, `_sum`, `_count`) built
+//! from the zone's fixed buckets ([`LATENCY_BOUNDS_MS`]), so it can be
+//! summed across workers and instances and read with `histogram_quantile`.
+//! The JSON keeps the percentiles (`requestMsecs`), which Prometheus does not
+//! get: percentiles cannot be aggregated.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
+
+use crate::counters::{LATENCY_BOUNDS_MS, LATENCY_BUCKETS};
 
 /// The whole status page.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -152,6 +163,11 @@ pub struct PeerStatus {
     /// Response-time percentiles, ms.
     #[serde(rename = "requestMsecs")]
     pub request_msecs: Percentiles,
+    /// Tries by response-time bucket ([`LATENCY_BOUNDS_MS`], per bucket,
+    /// not cumulative) since the zone was created: the Prometheus
+    /// histogram `deep_sched_peer_response_seconds`. Not in the JSON.
+    #[serde(skip)]
+    pub latency_hist: [u64; LATENCY_BUCKETS],
     /// Requests now at the peer.
     pub inflight: u64,
     /// Peak-EWMA response time, ms: the latency `choose=p2c` compares
@@ -203,19 +219,22 @@ impl StatusDocument {
     /// Prometheus text exposition format (version 0.0.4).
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
-            let _ = writeln!(out, "# HELP deep_sched_{name} {help}");
-            let _ = writeln!(out, "# TYPE deep_sched_{name} {kind}");
-            for (labels, value) in rows {
-                let _ = writeln!(out, "deep_sched_{name}{{{labels}}} {value}");
-            }
-        };
+        // `# HELP` and `# TYPE` of a family, then its samples (`suffix` is
+        // appended to the family name: empty, or `_bucket`/`_sum`/`_count`).
+        let mut family =
+            |name: &str, kind: &str, help: &str, rows: Vec<(&'static str, String, String)>| {
+                let _ = writeln!(out, "# HELP deep_sched_{name} {help}");
+                let _ = writeln!(out, "# TYPE deep_sched_{name} {kind}");
+                for (suffix, labels, value) in rows {
+                    let _ = writeln!(out, "deep_sched_{name}{suffix}{{{labels}}} {value}");
+                }
+            };
 
-        let agent_rows = |f: &dyn Fn(&AgentStatus) -> Option<String>| -> Vec<(String, String)> {
+        let agent_rows = |f: &dyn Fn(&AgentStatus) -> Option<String>| {
             self.agents
                 .iter()
-                .filter_map(|a| f(a).map(|v| (format!("agent=\"{}\"", label(&a.name)), v)))
-                .collect()
+                .filter_map(|a| f(a).map(|v| ("", format!("agent=\"{}\"", label(&a.name)), v)))
+                .collect::<Vec<_>>()
         };
         family(
             "decisions_total",
@@ -257,8 +276,8 @@ impl StatusDocument {
             }),
         );
 
-        let peer_rows = |f: &dyn Fn(&PeerStatus) -> String| -> Vec<(String, String)> {
-            self.peers().map(|(l, p)| (l, f(p))).collect()
+        let peer_rows = |f: &dyn Fn(&PeerStatus) -> String| {
+            self.peers().map(|(l, p)| ("", l, f(p))).collect::<Vec<_>>()
         };
         family(
             "peer_requests_total",
@@ -284,12 +303,6 @@ impl StatusDocument {
             "Tries nginx counted as failures of the peer.",
             peer_rows(&|p| p.failures.to_string()),
         );
-        family(
-            "peer_response_msec_total",
-            "counter",
-            "Sum of response times, milliseconds.",
-            peer_rows(&|p| p.request_msec_counter.to_string()),
-        );
         let mut rows = Vec::new();
         for (labels, p) in self.peers() {
             let r = p.responses;
@@ -300,7 +313,7 @@ impl StatusDocument {
                 ("4xx", r.r4xx),
                 ("5xx", r.r5xx),
             ] {
-                rows.push((format!("{labels},class=\"{class}\""), n.to_string()));
+                rows.push(("", format!("{labels},class=\"{class}\""), n.to_string()));
             }
         }
         family(
@@ -311,15 +324,17 @@ impl StatusDocument {
         );
         let mut rows = Vec::new();
         for (labels, p) in self.peers() {
-            let q = p.request_msecs;
-            for (name, v) in [("0.5", q.p50), ("0.95", q.p95), ("0.99", q.p99)] {
-                rows.push((format!("{labels},quantile=\"{name}\""), format!("{v}")));
-            }
+            rows.extend(histogram_rows(
+                &labels,
+                &p.latency_hist,
+                p.request_msec_counter,
+            ));
         }
         family(
-            "peer_response_msec",
-            "gauge",
-            "Response time percentiles since start, milliseconds (from a fixed-bucket histogram).",
+            "peer_response_seconds",
+            "histogram",
+            "Response times of the tries that finished at the peer, seconds \
+             (fixed buckets, millisecond resolution).",
             rows,
         );
         family(
@@ -350,9 +365,48 @@ impl StatusDocument {
     }
 }
 
+/// Milliseconds as a decimal number of seconds (`1` -> `0.001`,
+/// `10000` -> `10`), exact for every integer.
+fn seconds(ms: u64) -> String {
+    let frac = ms % 1000;
+    if frac == 0 {
+        return (ms / 1000).to_string();
+    }
+    let frac = format!("{frac:03}");
+    format!("{}.{}", ms / 1000, frac.trim_end_matches('0'))
+}
+
+/// One peer's histogram samples: cumulative `_bucket`s at every bound (`le`
+/// in seconds) and `+Inf`, then `_sum` (seconds) and `_count`. `+Inf` and
+/// `_count` are the histogram's total, so they agree by construction.
+fn histogram_rows(
+    labels: &str,
+    hist: &[u64; LATENCY_BUCKETS],
+    sum_ms: u64,
+) -> Vec<(&'static str, String, String)> {
+    let mut rows = Vec::with_capacity(LATENCY_BUCKETS + 2);
+    let mut cumulative = 0u64;
+    for (i, &n) in hist.iter().enumerate() {
+        cumulative = cumulative.saturating_add(n);
+        let le = LATENCY_BOUNDS_MS
+            .get(i)
+            .map_or_else(|| "+Inf".to_owned(), |&b| seconds(b));
+        rows.push((
+            "_bucket",
+            format!("{labels},le=\"{le}\""),
+            cumulative.to_string(),
+        ));
+    }
+    rows.push(("_sum", labels.to_owned(), seconds(sum_ms)));
+    rows.push(("_count", labels.to_owned(), cumulative.to_string()));
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::counters::latency_bucket;
+    use proptest::prelude::*;
 
     fn doc() -> StatusDocument {
         let peer = |server: &str, n: u64, w: u32| PeerStatus {
@@ -368,6 +422,13 @@ mod tests {
                 p50: 10.0,
                 p95: 30.0,
                 p99: 45.5,
+            },
+            latency_hist: {
+                let mut h = [0; LATENCY_BUCKETS];
+                h[latency_bucket(8)] = n - 10;
+                h[latency_bucket(20)] = 8;
+                h[latency_bucket(20_000)] = 2;
+                h
             },
             inflight: 2,
             latency_ewma_msec: 11.25,
@@ -412,30 +473,217 @@ mod tests {
         assert_eq!(p["requestMsecCounter"], 1200);
         assert_eq!(p["weight"], 5);
         assert_eq!(p["latencyEwmaMsec"], 11.25);
+        assert_eq!(p["requestMsecs"]["p99"], 45.5);
+        assert!(p.get("latency_hist").is_none() && p.get("latencyHist").is_none());
         assert_eq!(v["agents"][0]["state"], 3);
         assert!(v["agents"][0]["action"].is_null());
+    }
+
+    /// One family of an exposition, as [`lint`] read it.
+    #[derive(Debug)]
+    struct Family {
+        name: String,
+        kind: String,
+        /// Sample name, labels (inside the braces), value.
+        samples: Vec<(String, String, f64)>,
+    }
+
+    /// Reads a Prometheus text exposition strictly, as far as this module
+    /// writes it: `# HELP` then `# TYPE` before each family's samples, one
+    /// family per name, no name that is another family's plus a suffix the
+    /// format reserves, counters and only counters ending in `_total`, every
+    /// sample inside its family, every series once, histograms with
+    /// ascending `le`, non-decreasing cumulative buckets, `+Inf` last and
+    /// equal to `_count`, and a `_sum`.
+    fn lint(text: &str) -> Result<Vec<Family>, String> {
+        let mut fams: Vec<Family> = Vec::new();
+        let mut help: Option<&str> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, doc) = rest.split_once(' ').ok_or(format!("no help: {line}"))?;
+                if doc.trim().is_empty() || help.is_some() {
+                    return Err(format!("bad HELP: {line}"));
+                }
+                help = Some(name);
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').ok_or(format!("no type: {line}"))?;
+                if help.take() != Some(name) {
+                    return Err(format!("TYPE without its HELP: {line}"));
+                }
+                if !["counter", "gauge", "histogram"].contains(&kind) {
+                    return Err(format!("unexpected type: {line}"));
+                }
+                if (kind == "counter") != name.ends_with("_total") {
+                    return Err(format!("counters, and only they, end in _total: {line}"));
+                }
+                fams.push(Family {
+                    name: name.to_owned(),
+                    kind: kind.to_owned(),
+                    samples: Vec::new(),
+                });
+            } else {
+                let fam = fams
+                    .last_mut()
+                    .filter(|_| help.is_none() && !line.starts_with('#'))
+                    .ok_or(format!("sample outside a family: {line}"))?;
+                let (series, value) = line.rsplit_once(' ').ok_or(format!("no value: {line}"))?;
+                let value: f64 = value.parse().map_err(|_| format!("bad value: {line}"))?;
+                let (name, labels) = series
+                    .strip_suffix('}')
+                    .and_then(|s| s.split_once('{'))
+                    .ok_or(format!("no labels: {line}"))?;
+                let allowed: &[&str] = match fam.kind.as_str() {
+                    "histogram" => &["_bucket", "_sum", "_count"],
+                    _ => &[""],
+                };
+                if !allowed.iter().any(|s| format!("{}{s}", fam.name) == name) {
+                    return Err(format!("{name} is not of family {}", fam.name));
+                }
+                fam.samples
+                    .push((name.to_owned(), labels.to_owned(), value));
+            }
+        }
+        if help.is_some() {
+            return Err("HELP without TYPE at the end".into());
+        }
+        let base = |n: &str| n.strip_suffix("_total").unwrap_or(n).to_owned();
+        for (i, a) in fams.iter().enumerate() {
+            for b in &fams[i + 1..] {
+                let clash = base(&a.name) == base(&b.name)
+                    || ["_total", "_sum", "_count", "_bucket", "_created"]
+                        .iter()
+                        .any(|s| {
+                            a.name == format!("{}{s}", base(&b.name))
+                                || b.name == format!("{}{s}", base(&a.name))
+                        });
+                if clash {
+                    return Err(format!("families {} and {} clash", a.name, b.name));
+                }
+            }
+        }
+        let mut series = std::collections::BTreeSet::new();
+        for f in &fams {
+            for (name, labels, _) in &f.samples {
+                if !series.insert((name.clone(), labels.clone())) {
+                    return Err(format!("series twice: {name}{{{labels}}}"));
+                }
+            }
+        }
+        for f in fams.iter().filter(|f| f.kind == "histogram") {
+            let mut by_peer: std::collections::BTreeMap<&str, Vec<(&str, f64)>> =
+                Default::default();
+            let mut sums = std::collections::BTreeMap::new();
+            let mut counts = std::collections::BTreeMap::new();
+            for (name, labels, v) in &f.samples {
+                match &name[f.name.len()..] {
+                    "_bucket" => {
+                        let (peer, le) = labels
+                            .rsplit_once(",le=\"")
+                            .and_then(|(p, le)| Some((p, le.strip_suffix('"')?)))
+                            .ok_or(format!("bucket without le: {labels}"))?;
+                        by_peer.entry(peer).or_default().push((le, *v));
+                    }
+                    "_sum" => {
+                        sums.insert(labels.as_str(), *v);
+                    }
+                    _ => {
+                        counts.insert(labels.as_str(), *v);
+                    }
+                }
+            }
+            for (peer, buckets) in &by_peer {
+                let les: Vec<f64> = buckets
+                    .iter()
+                    .map(|(le, _)| match *le {
+                        "+Inf" => Ok(f64::INFINITY),
+                        le => le.parse().map_err(|_| format!("bad le {le}")),
+                    })
+                    .collect::<Result<_, _>>()?;
+                if les.windows(2).any(|w| w[0] >= w[1]) || les.last() != Some(&f64::INFINITY) {
+                    return Err(format!("le not ascending to +Inf: {peer}"));
+                }
+                if buckets.windows(2).any(|w| w[0].1 > w[1].1) {
+                    return Err(format!("buckets decrease: {peer}"));
+                }
+                if counts.get(peer) != buckets.last().map(|b| &b.1) || !sums.contains_key(peer) {
+                    return Err(format!("+Inf, _count and _sum disagree: {peer}"));
+                }
+            }
+            if by_peer.len() != sums.len() || by_peer.len() != counts.len() {
+                return Err(format!("{}: series without buckets", f.name));
+            }
+        }
+        Ok(fams)
+    }
+
+    #[test]
+    fn lint_rejects_what_a_scraper_would_misread() {
+        let ok = "# HELP a_total h\n# TYPE a_total counter\na_total{x=\"1\"} 1\n";
+        assert!(lint(ok).is_ok());
+        for bad in [
+            // The 0.1 exposition: counter `x_msec_total` and gauge `x_msec`
+            // are one family to a parser.
+            "# HELP x_msec_total h\n# TYPE x_msec_total counter\nx_msec_total{a=\"1\"} 1\n\
+             # HELP x_msec h\n# TYPE x_msec gauge\nx_msec{a=\"1\",quantile=\"0.5\"} 2\n",
+            "# HELP x h\n# TYPE x histogram\nx_bucket{le=\"+Inf\"} 1\nx_sum{} 1\nx_count{} 1\n\
+             # HELP x_count h\n# TYPE x_count gauge\nx_count{a=\"1\"} 1\n",
+            "# HELP a h\n# TYPE a counter\na{} 1\n",
+            "# TYPE a gauge\na{} 1\n",
+            "# HELP a h\n# TYPE a gauge\nb{} 1\n",
+            "# HELP a h\n# TYPE a gauge\na{} 1\na{} 2\n",
+            "# HELP x h\n# TYPE x histogram\nx_bucket{le=\"1\"} 2\nx_bucket{le=\"+Inf\"} 1\n\
+             x_sum{} 1\nx_count{} 1\n",
+            "# HELP x h\n# TYPE x histogram\nx_bucket{le=\"+Inf\"} 2\nx_sum{} 1\nx_count{} 1\n",
+            "# HELP x h\n# TYPE x histogram\nx_bucket{le=\"1\"} 1\nx_sum{} 1\nx_count{} 1\n",
+        ] {
+            assert!(lint(bad).is_err(), "accepted:\n{bad}");
+        }
+    }
+
+    #[test]
+    fn seconds_are_exact_decimals() {
+        for (ms, s) in [
+            (0, "0"),
+            (1, "0.001"),
+            (10, "0.01"),
+            (75, "0.075"),
+            (1500, "1.5"),
+            (10_000, "10"),
+            (1_234_567, "1234.567"),
+        ] {
+            assert_eq!(seconds(ms), s);
+            assert_eq!(s.parse::<f64>().unwrap(), ms as f64 / 1000.0);
+        }
     }
 
     #[test]
     fn prometheus_has_every_family_and_escapes_labels() {
         let text = doc().to_prometheus();
-        for fam in [
-            "decisions_total",
-            "state",
-            "action",
-            "scaling_advice",
-            "peer_requests_total",
-            "peer_responses_total",
-            "peer_response_msec",
-            "peer_inflight",
-            "peer_latency_ewma_msec",
-            "peer_weight",
-        ] {
-            assert!(
-                text.contains(&format!("# TYPE deep_sched_{fam} ")),
-                "missing {fam}\n{text}"
-            );
-        }
+        let fams = lint(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let names: Vec<(&str, &str)> = fams
+            .iter()
+            .map(|f| (f.name.as_str(), f.kind.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("deep_sched_decisions_total", "counter"),
+                ("deep_sched_state", "gauge"),
+                ("deep_sched_action", "gauge"),
+                ("deep_sched_out_of_distribution", "gauge"),
+                ("deep_sched_scaling_advice", "gauge"),
+                ("deep_sched_peer_requests_total", "counter"),
+                ("deep_sched_peer_in_bytes_total", "counter"),
+                ("deep_sched_peer_out_bytes_total", "counter"),
+                ("deep_sched_peer_failures_total", "counter"),
+                ("deep_sched_peer_responses_total", "counter"),
+                ("deep_sched_peer_response_seconds", "histogram"),
+                ("deep_sched_peer_inflight", "gauge"),
+                ("deep_sched_peer_latency_ewma_msec", "gauge"),
+                ("deep_sched_peer_rps", "gauge"),
+                ("deep_sched_peer_weight", "gauge"),
+            ]
+        );
         assert!(text.contains(r#"agent="pol\"icy.json""#), "{text}");
         assert!(text.contains(
             r#"deep_sched_peer_requests_total{agent="pol\"icy.json",upstream="backend",server="127.0.0.1:2"} 40"#
@@ -444,16 +692,88 @@ mod tests {
             text.contains(r#"server="127.0.0.1:1",class="5xx"} 1"#),
             "{text}"
         );
-        assert!(
-            text.contains(r#"server="127.0.0.1:1",quantile="0.99"} 45.5"#),
-            "{text}"
-        );
         assert!(text.contains(r#"deep_sched_action{agent="pol\"icy.json"} -1"#));
         assert!(text.contains(r#"deep_sched_scaling_advice{agent="pol\"icy.json"} 1"#));
-        // Every sample line is `name{labels} value`.
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let (_, value) = line.rsplit_once(' ').unwrap();
-            assert!(value.parse::<f64>().is_ok(), "{line}");
+        // Percentiles stay in the JSON: as gauges they cannot be aggregated.
+        assert!(!text.contains("quantile"), "{text}");
+        assert!(!text.contains("_msec_total"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\\b\"c\nd"), r#"a\\b\"c\nd"#);
+        let mut d = doc();
+        d.agents[0].upstreams[0].name = "up\\stream\nx".into();
+        let text = d.to_prometheus();
+        lint(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(text.contains(r#"upstream="up\\stream\nx""#), "{text}");
+        assert_eq!(
+            text.lines().filter(|l| l.contains("up\\")).count(),
+            2 * (4 + 5 + 32 + 4)
+        );
+    }
+
+    #[test]
+    fn response_time_is_a_cumulative_histogram_in_seconds() {
+        let text = doc().to_prometheus();
+        let peer = r#"agent="pol\"icy.json",upstream="backend",server="127.0.0.1:1""#;
+        let value = |series: &str| -> u64 {
+            let prefix = format!("deep_sched_peer_response_seconds{series} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no {prefix}\n{text}"))
+                .parse()
+                .unwrap()
+        };
+        let bucket = |le: &str| value(&format!("_bucket{{{peer},le=\"{le}\"}}"));
+        // 90 tries at 8 ms, 8 at 20 ms, 2 at 20 s (the open bucket).
+        assert_eq!(bucket("0.001"), 0);
+        assert_eq!(bucket("0.007"), 0);
+        assert_eq!(bucket("0.01"), 90);
+        assert_eq!(bucket("0.015"), 90);
+        assert_eq!(bucket("0.02"), 98);
+        assert_eq!(bucket("10"), 98);
+        assert_eq!(bucket("+Inf"), 100);
+        assert_eq!(value(&format!("_count{{{peer}}}")), 100);
+        // 1200 ms in all.
+        assert!(text.contains(&format!(
+            "deep_sched_peer_response_seconds_sum{{{peer}}} 1.2\n"
+        )));
+        let les = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("deep_sched_peer_response_seconds_bucket{") && l.contains(peer)
+            })
+            .count();
+        assert_eq!(les, LATENCY_BUCKETS);
+    }
+
+    proptest! {
+        #[test]
+        fn any_histogram_renders_cumulative_and_consistent(
+            hist in proptest::array::uniform30(0u64..1_000_000),
+            // Below 2^53 ms the exact decimal and the f64 quotient agree.
+            sum_ms in 0u64..1 << 53,
+        ) {
+            let mut d = doc();
+            d.agents[0].upstreams[0].peers.truncate(1);
+            let p = &mut d.agents[0].upstreams[0].peers[0];
+            p.latency_hist = hist;
+            p.request_counter = hist.iter().sum();
+            p.request_msec_counter = sum_ms;
+            let text = d.to_prometheus();
+            let fams = lint(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+            let h = fams.iter().find(|f| f.kind == "histogram").unwrap();
+            let buckets: Vec<f64> = h.samples.iter()
+                .filter(|s| s.0.ends_with("_bucket")).map(|s| s.2).collect();
+            let mut acc = 0u64;
+            for (i, n) in hist.iter().enumerate() {
+                acc += n;
+                prop_assert_eq!(buckets[i], acc as f64);
+            }
+            let get = |suffix: &str| h.samples.iter().find(|s| s.0.ends_with(suffix)).unwrap().2;
+            prop_assert_eq!(get("_count"), acc as f64);
+            prop_assert_eq!(get("_sum"), sum_ms as f64 / 1000.0);
         }
     }
 }
