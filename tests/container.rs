@@ -472,3 +472,162 @@ fn compose_file_is_valid_and_local_only() {
         );
     });
 }
+
+/// The compose subnet (fixed: the policy names peers by address).
+const COMPOSE_SUBNET: &str = "10.213.47.0/24";
+
+/// The compose stack the way docs/containers.md brings it up, with every
+/// Compose this machine has: `scripts/container-base.sh`, then
+/// `docker-compose up -d --build` from the repository root (under a project
+/// name, image tag and published port of the test's own, so nothing of a
+/// stack of yours is touched). The image tag does not exist before, as on a
+/// fresh machine: `up` must build it, for every service, without trying to
+/// pull it (it is on no registry). Then nginx becomes healthy, answers 60
+/// requests through the three backends, and the status page shows the three
+/// peers with counts. `down -v` runs in every case (a guard).
+#[test]
+fn compose_stack_comes_up_as_documented() {
+    with_docker(|| {
+        let clis = docker::compose_clis();
+        if clis.is_empty() {
+            eprintln!("skipped: neither `docker-compose` nor `docker compose` works here");
+            return;
+        }
+        // The documented first step (build/ exists, or the test skipped).
+        let base = harness::root().join("scripts/container-base.sh");
+        let out = docker::run_bounded(
+            base.to_str().expect("UTF-8 path"),
+            &[],
+            Duration::from_secs(600),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.ok,
+            "scripts/container-base.sh failed:\n{}{}",
+            out.stdout, out.stderr
+        );
+        let taken = docker::networks_with_subnet(COMPOSE_SUBNET);
+        assert!(
+            taken.is_empty(),
+            "compose.yaml's subnet {COMPOSE_SUBNET} is taken by network(s) {taken:?} \
+             (a compose stack still up? `docker-compose down` it first)"
+        );
+        for cli in clis {
+            compose_up_as_documented(cli);
+        }
+    });
+}
+
+fn compose_up_as_documented(cli: docker::ComposeCli) {
+    let name = cli.name();
+    let p = docker::ComposeProject::new(cli, "up", harness::free_port());
+    assert!(
+        docker::docker(&["image", "inspect", &p.image]).is_err(),
+        "{} exists before `up`",
+        p.image
+    );
+    let t0 = std::time::Instant::now();
+    let up = p.run(&["up", "-d", "--build"], Duration::from_secs(300));
+    let log = format!("{}{}", up.stdout, up.stderr);
+    assert!(up.ok, "{name} up -d --build failed:\n{log}");
+    // Built, not pulled: no service may have asked a registry for the image.
+    assert!(
+        !log.contains("Pulling"),
+        "{name} up -d --build tried to pull:\n{log}"
+    );
+    assert!(
+        docker::docker(&["image", "inspect", &p.image]).is_ok(),
+        "{name} up did not build {}:\n{log}",
+        p.image
+    );
+    let up_s = t0.elapsed().as_secs_f64();
+
+    // Every service runs, from the image just built.
+    for service in ["nginx", "b1", "b2", "b3", "load"] {
+        let id = p.container(service);
+        let state = docker::must(&["inspect", "-f", "{{.State.Running}} {{.Config.Image}}", &id]);
+        assert_eq!(
+            state.trim(),
+            format!("true {}", p.image),
+            "{name}: service {service}"
+        );
+    }
+    // nginx's HEALTHCHECK (every 5 s) says healthy.
+    let nginx = p.container("nginx");
+    let healthy = wait_for(Duration::from_secs(60), || {
+        let h = docker::docker(&["inspect", "-f", "{{.State.Health.Status}}", &nginx])
+            .unwrap_or_default();
+        (h.trim() == "healthy").then_some(())
+    });
+    let logs = || {
+        docker::run_bounded("docker", &["logs", &nginx], Duration::from_secs(30))
+            .map(|o| o.stdout + &o.stderr)
+            .unwrap_or_else(|e| e)
+    };
+    assert!(
+        healthy.is_some(),
+        "{name}: nginx never healthy:\n{}",
+        logs()
+    );
+    let health_s = t0.elapsed().as_secs_f64();
+    // Published on 127.0.0.1 only, on the port DEEP_SCHED_PORT asked for.
+    let ports = docker::must(&["port", &nginx, "8080/tcp"]);
+    assert_eq!(
+        ports.trim(),
+        format!("127.0.0.1:{}", p.port),
+        "{name}: published ports"
+    );
+
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], p.port));
+    let status = || {
+        let r = harness::http_get(addr, "/deep_sched");
+        assert_eq!(r.status, 200, "{name}: status page: {r:?}");
+        serde_json::from_str::<Value>(&r.body)
+            .unwrap_or_else(|e| panic!("{name}: status is not JSON ({e}): {}", r.body))
+    };
+    let before: u64 = peer_field(&status(), "requestCounter").iter().sum();
+    let mut seen = std::collections::BTreeMap::<String, u64>::new();
+    for _ in 0..60 {
+        let r = harness::http_get(addr, READ);
+        let key = match r.header("X-Backend") {
+            Some(b) if r.status == 200 => b.to_owned(),
+            _ => format!("status {}: {}", r.status, r.body.trim()),
+        };
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    assert!(
+        seen.keys()
+            .all(|k| ["b1", "b2", "b3"].contains(&k.as_str())),
+        "{name}: not all 60 answered by a backend: {seen:?}\n{}",
+        logs()
+    );
+    let st = status();
+    let servers: Vec<&str> = agent(&st)["upstreams"][0]["peers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{name}: no peers: {st}"))
+        .iter()
+        .map(|p| p["server"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        servers,
+        [
+            "10.213.47.11:8080",
+            "10.213.47.12:8080",
+            "10.213.47.13:8080"
+        ],
+        "{name}: {st}"
+    );
+    let counts = peer_field(&st, "requestCounter");
+    // Ours and the `load` service's (150 req/s) requests.
+    assert!(
+        counts.iter().all(|&c| c > 0) && counts.iter().sum::<u64>() >= before + 60,
+        "{name}: request counters {counts:?} (before: {before} in all): {st}"
+    );
+    eprintln!(
+        "{name}: up -d --build {up_s:.1} s, healthy at {health_s:.1} s; 60 answered {seen:?}; \
+         status counters {counts:?}"
+    );
+    let t1 = std::time::Instant::now();
+    p.down().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{name}: down -v {:.1} s", t1.elapsed().as_secs_f64());
+}

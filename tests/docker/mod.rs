@@ -20,6 +20,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::harness::{http_get, root, Response, TempDir};
 
+/// The prefix of the Compose projects (and their image tags) of these tests;
+/// `scripts/container-clean.sh` removes leftovers by it.
+pub const COMPOSE_PREFIX: &str = "dst-compose-";
+
 /// The label every container and network of these tests carries.
 pub const LABEL: &str = "deep-sched.test";
 /// The image the tests run (built from `build/`, never pulled).
@@ -36,9 +40,19 @@ pub struct Out {
 /// Runs `program args`, killing it after `timeout`; stdout and stderr are
 /// drained by threads so that a chatty command cannot block on a full pipe.
 pub fn run_bounded(program: &str, args: &[&str], timeout: Duration) -> Result<Out, String> {
-    let what = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    run_command_bounded(cmd, timeout)
+}
+
+/// [`run_bounded`] for a prepared `Command` (working directory, environment).
+pub fn run_command_bounded(mut cmd: Command, timeout: Duration) -> Result<Out, String> {
+    let what = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -452,4 +466,174 @@ pub fn wall_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A Compose implementation: Debian's `docker-compose` (1.29) or the
+/// `docker compose` plugin (v2).
+#[derive(Clone, Copy, Debug)]
+pub struct ComposeCli {
+    pub program: &'static str,
+    pub prefix: &'static [&'static str],
+}
+
+impl ComposeCli {
+    pub fn name(&self) -> String {
+        std::iter::once(self.program)
+            .chain(self.prefix.iter().copied())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The Compose implementations that answer `version` here (none, one or both).
+pub fn compose_clis() -> Vec<ComposeCli> {
+    [
+        ComposeCli {
+            program: "docker-compose",
+            prefix: &[],
+        },
+        ComposeCli {
+            program: "docker",
+            prefix: &["compose"],
+        },
+    ]
+    .into_iter()
+    .filter(|c| {
+        let mut args = c.prefix.to_vec();
+        args.push("version");
+        run_bounded(c.program, &args, Duration::from_secs(20)).is_ok_and(|o| o.ok)
+    })
+    .collect()
+}
+
+/// The names of the Docker networks whose IPAM config has `subnet`.
+pub fn networks_with_subnet(subnet: &str) -> Vec<String> {
+    let ids = must(&["network", "ls", "-q"]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let mut args = vec![
+        "network",
+        "inspect",
+        "-f",
+        "{{.Name}}{{range .IPAM.Config}} {{.Subnet}}{{end}}",
+    ];
+    args.extend(ids);
+    // A network removed between `ls` and `inspect` makes inspect fail: retry.
+    let out = docker(&args).or_else(|_| docker(&args)).unwrap_or_default();
+    out.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?;
+            words.any(|w| w == subnet).then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// A Compose project of the repository's `compose.yaml`, run from the
+/// repository root as the documentation says, under a name of its own
+/// (`-p dst-compose-...`), with its own image tag (`DEEP_SCHED_IMAGE`) and
+/// published port (`DEEP_SCHED_PORT`). `down -v` and the tag's removal run on
+/// drop, also when the test panics.
+pub struct ComposeProject {
+    pub cli: ComposeCli,
+    pub project: String,
+    /// `deep-sched/nginx:<project>`: absent before `up`, so `up` has to build it.
+    pub image: String,
+    pub port: u16,
+    down: AtomicBool,
+}
+
+impl ComposeProject {
+    pub fn new(cli: ComposeCli, test: &str, port: u16) -> ComposeProject {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let project = format!("{COMPOSE_PREFIX}{test}-{}-{nanos:x}", std::process::id());
+        ComposeProject {
+            cli,
+            image: format!("deep-sched/nginx:{project}"),
+            project,
+            port,
+            down: AtomicBool::new(false),
+        }
+    }
+
+    /// `<compose> -p <project> args` in the repository root, within `timeout`.
+    pub fn run(&self, args: &[&str], timeout: Duration) -> Out {
+        run_command_bounded(self.command(args), timeout).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.cli.program);
+        cmd.args(self.cli.prefix)
+            .args(["-p", &self.project])
+            .args(args)
+            .current_dir(root())
+            // The repository's compose.yaml, found as `docker-compose` finds it.
+            .env_remove("COMPOSE_FILE")
+            .env_remove("COMPOSE_PROJECT_NAME")
+            .env("DEEP_SCHED_IMAGE", &self.image)
+            .env("DEEP_SCHED_PORT", self.port.to_string());
+        cmd
+    }
+
+    /// The container id of `service`.
+    pub fn container(&self, service: &str) -> String {
+        let out = self.run(&["ps", "-q", service], Duration::from_secs(60));
+        let id = out.stdout.trim().to_owned();
+        assert!(
+            out.ok && !id.is_empty(),
+            "{} ps -q {service}: {}{}",
+            self.cli.name(),
+            out.stdout,
+            out.stderr
+        );
+        id
+    }
+
+    /// `down -v` (containers, network, volumes) and the image tag; `Err`
+    /// with the output when something is left.
+    pub fn down(&self) -> Result<(), String> {
+        if self.down.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        // Not `run`: this also runs in `drop`, where a panic would abort.
+        let out = run_command_bounded(
+            self.command(&["down", "-v", "--remove-orphans", "-t", "2"]),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| Out {
+            ok: false,
+            stdout: String::new(),
+            stderr: e,
+        });
+        let _ = docker(&["rmi", &self.image]);
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        let left = docker(&["ps", "-aq", "--filter", &label]).unwrap_or_default()
+            + &docker(&["network", "ls", "-q", "--filter", &label]).unwrap_or_default();
+        if out.ok && left.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} -p {} down -v: ok={} left {:?}\n{}{}",
+                self.cli.name(),
+                self.project,
+                out.ok,
+                left.trim(),
+                out.stdout,
+                out.stderr
+            ))
+        }
+    }
+}
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        if let Err(e) = self.down() {
+            eprintln!("{e}");
+        }
+    }
 }
