@@ -32,15 +32,17 @@ iteration of the least disturbed sample: what the code costs when it has the cor
 
 | what | median | 95% interval | fastest sample | target |
 | --- | ---: | ---: | ---: | --- |
-$(row choose/swrr_3_peers "one smooth-WRR pick, 3 peers" "≤ 50 ns")
 $(row choose/p2c_3_peers "one p2c pick, 3 peers" "≤ 50 ns")
 $(row choose/latency_bucket "latency histogram bucket (per request)" "")
+$(row choose/decayed_latency "read-time decay of a latency estimate (per p2c draw)" "")
 $(row classify_k27_d27_full "one state classification, K=27, D=27, full covariance" "≤ 2 µs")
 $(row policy_load_k27_d27_full "parse + validate a 27-state, 27-feature full policy" "")
 
 In the module the per-request path is: one atomic load of the agent's decision
-epoch, nginx's own round robin (or the p2c pick above), and relaxed atomic adds
-in \`free_peer\`; classification runs once per interval in one worker.
+epoch, nginx's own round robin (or the p2c pick above, with a read-time decay per
+peer), and relaxed atomic adds in \`free_peer\` (the peer's counters, its
+in-flight gauge and the worker's own in-flight shard); classification runs once
+per interval in one worker.
 MD
 )
 scripts/bench-section.sh "core" "$section"

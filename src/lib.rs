@@ -1,10 +1,13 @@
 //! `ngx_http_deep_sched_module`: nginx upstream balancing by a learned policy.
 //!
-//! This crate is the nginx glue only, one file per nginx concept:
-//! - [`directive`]: `deep_sched` and `deep_sched_status`, configuration structs;
+//! This crate is the nginx glue only, one file per nginx concept, each
+//! depending only on those above it:
+//! - [`config`]: the configuration structs and their accessors;
+//! - [`zone`]: the shared memory with per-peer counters and decisions, and
+//!   its set-up;
 //! - [`upstream`]: the balancer life cycle (`init_upstream` → `init_peer` →
 //!   `get_peer` / `free_peer`), wrapping nginx's round robin;
-//! - [`zone`]: the shared memory with per-peer counters and decisions;
+//! - [`directive`]: `deep_sched` and the post-configuration zone layout;
 //! - [`agent`]: the per-interval decision timer and the sample log;
 //! - [`status`]: the `deep_sched_status` handler;
 //! - [`variables`]: `$deep_sched_state`, `$deep_sched_peer`.
@@ -15,6 +18,7 @@
 
 #![allow(clippy::missing_safety_doc)]
 
+use core::cell::RefCell;
 use core::ffi::c_void;
 use core::ptr;
 
@@ -24,8 +28,11 @@ use ngx::ffi::{
     NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
 };
 use ngx::ngx_string;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
 
 pub mod agent;
+pub mod config;
 pub mod directive;
 pub mod status;
 pub mod upstream;
@@ -38,12 +45,23 @@ pub(crate) fn no_unwind<T>(fallback: T, f: impl FnOnce() -> T) -> T {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
 }
 
+thread_local! {
+    /// The process's random source (explore draws, epsilon, p2c, slow
+    /// start): seeded per process, never shared, so no lock.
+    static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_entropy());
+}
+
+/// Runs `f` with the process's random number generator.
+pub(crate) fn with_rng<T>(f: impl FnOnce(&mut SmallRng) -> T) -> T {
+    RNG.with(|r| f(&mut r.borrow_mut()))
+}
+
 static NGX_HTTP_DEEP_SCHED_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(variables::preconfiguration),
     postconfiguration: Some(directive::postconfiguration),
-    create_main_conf: Some(directive::create_main_conf),
+    create_main_conf: Some(config::create_main_conf),
     init_main_conf: None,
-    create_srv_conf: Some(directive::create_srv_conf),
+    create_srv_conf: Some(config::create_srv_conf),
     merge_srv_conf: None,
     create_loc_conf: None,
     merge_loc_conf: None,
@@ -92,10 +110,18 @@ pub(crate) fn module() -> &'static ngx_module_t {
     unsafe { &*ptr::addr_of!(ngx_http_deep_sched_module) }
 }
 
+/// Starts the decision timers — in worker processes and in single-process
+/// mode only: the cache manager and loader run every module's
+/// `init_process` too, and must not decide or write the sample log.
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     no_unwind(ngx::ffi::NGX_OK as ngx_int_t, || {
-        // SAFETY: nginx calls init_process with the live cycle.
-        unsafe { agent::start_timers(cycle) };
+        // SAFETY: ngx_process is set before init_process runs.
+        let role = unsafe { ngx::ffi::ngx_process } as u32;
+        if role == ngx::ffi::NGX_PROCESS_WORKER || role == ngx::ffi::NGX_PROCESS_SINGLE {
+            // SAFETY: nginx calls init_process with the live cycle, its event
+            // loop initialised.
+            unsafe { agent::start_timers(cycle) };
+        }
         ngx::ffi::NGX_OK as ngx_int_t
     })
 }

@@ -18,8 +18,9 @@ use ngx::ffi::{
     NGX_OK,
 };
 
-use crate::directive::MainConf;
+use crate::config::{main_conf_of_request, MainConf};
 use crate::no_unwind;
+use crate::zone::ZoneView;
 
 /// `deep_sched_status;` in a location.
 pub unsafe extern "C" fn deep_sched_status(
@@ -40,12 +41,6 @@ pub unsafe extern "C" fn deep_sched_status(
     })
 }
 
-fn main_conf(r: *mut ngx_http_request_t) -> Option<&'static MainConf> {
-    // SAFETY: r is live; main_conf[ctx_index] is ours (created for every
-    // http block).
-    unsafe { (*(*r).main_conf.add(crate::module().ctx_index) as *const MainConf).as_ref() }
-}
-
 /// Builds the status document from the configuration and the zone.
 pub fn snapshot(main: &MainConf) -> StatusDocument {
     let tp = ngx_timeofday();
@@ -53,7 +48,7 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
     // SAFETY: read of the event loop's clock.
     let now_mono = unsafe { ngx_current_msec } as u64;
     let mut agents = Vec::new();
-    let Some(view) = main.view() else {
+    let Some(view) = ZoneView::of(main) else {
         return StatusDocument {
             module: concat!("deep_sched/", env!("CARGO_PKG_VERSION")).into(),
             now_msec: now_wall,
@@ -62,7 +57,7 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
     };
     for a in &main.agents {
         let slot = view.agent(a.index);
-        let published = slot.read(|| {});
+        let published = slot.read(|_| {}).unwrap_or_default();
         let since = now_mono
             .saturating_sub(slot.prev_decision_ms.load(Ordering::Relaxed))
             .max(1) as f64
@@ -96,9 +91,9 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                             },
                             latency_hist: c.latency_hist,
                             inflight: c.inflight,
-                            latency_ewma_msec: s.latency_ewma_ms(),
+                            latency_ewma_msec: s.latency_ms(now_mono),
                             rps: c.requests.saturating_sub(prev) as f64 / since,
-                            weight: s.weight.load(Ordering::Relaxed),
+                            weight: s.weight[published.epoch as usize & 1].load(Ordering::Relaxed),
                             configured_weight: u.configured_weights[i],
                         }
                     })
@@ -164,7 +159,7 @@ unsafe fn status_handler_inner(r: *mut ngx_http_request_t) -> ngx_int_t {
         if rc != NGX_OK as ngx_int_t {
             return rc;
         }
-        let Some(main) = main_conf(r) else {
+        let Some(main) = main_conf_of_request(&*r) else {
             return NGX_DECLINED as ngx_int_t;
         };
         let mut value = ngx_str_t {

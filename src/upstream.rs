@@ -1,19 +1,24 @@
 //! The balancer life cycle, wrapping nginx's round robin.
 //!
 //! `init_upstream` builds nginx's round-robin peers (so `down`, `backup`,
-//! `max_fails`/`fail_timeout`, `max_conns`, `slow_start`, `zone`, TLS
-//! session reuse and `keepalive` keep working exactly as operators know
-//! them) and records the peers of the agent. Per request, `get_peer`
-//! first applies a newly published decision to the peers' weights (one
-//! atomic load when nothing changed), then lets nginx's smooth weighted
-//! round robin choose (`choose=wrr`) or makes a power-of-two choice among
-//! the same eligible peers (`choose=p2c`). `free_peer` records the try's
-//! outcome in the shared zone and hands over to nginx's round robin.
+//! `max_fails`/`fail_timeout`, `max_conns`, `zone`, TLS session reuse and
+//! `keepalive` keep working exactly as operators know them) and records the
+//! peers of the agent. Per request, `get_peer` first applies a newly
+//! published decision to the peers' weights (one atomic load when nothing
+//! changed), then lets nginx's smooth weighted round robin choose
+//! (`choose=wrr`) or makes a power-of-two choice among the same eligible
+//! peers (`choose=p2c`). `free_peer` records the try's outcome in the
+//! shared zone and hands over to nginx's round robin.
+//!
+//! nginx's bookkeeping stays consistent on every path: the module's own
+//! work runs before a peer is charged (a panic there falls back to plain
+//! round robin) or after nginx's call returned (a panic there loses one
+//! sample, never a `conns` count); round robin's `free` always runs.
 
 use core::ffi::c_void;
 use core::ptr;
 
-use deep_sched_core::choose::{p2c, PeerLoad};
+use deep_sched_core::choose::{p2c, scale_effective_weight, slow_start_factor, PeerLoad};
 use deep_sched_core::directive::{ChooseArg, ModeArg};
 use ngx::core::Pool;
 use ngx::ffi::{
@@ -21,14 +26,18 @@ use ngx::ffi::{
     ngx_http_upstream_get_round_robin_peer, ngx_http_upstream_init_round_robin,
     ngx_http_upstream_init_round_robin_peer, ngx_http_upstream_rr_peer_data_t,
     ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_peer_connection_t, ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_rwlock_wlock,
-    ngx_str_t, ngx_uint_t, NGX_BUSY, NGX_ERROR, NGX_LOG_EMERG, NGX_OK, NGX_PEER_FAILED,
+    ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock, ngx_rwlock_wlock, ngx_str_t, ngx_uint_t,
+    NGX_BUSY, NGX_ERROR, NGX_LOG_EMERG, NGX_OK, NGX_PEER_FAILED,
 };
 use ngx::ngx_conf_log_error;
 
-use crate::directive::{AgentConf, MainConf, SrvConf, UpstreamConf, MAX_PEERS};
+use crate::config::{srv_conf, AgentConf, MainConf, UpstreamConf, MAX_PEERS};
 use crate::zone::{TryOutcome, ZoneView};
-use crate::{module, no_unwind};
+use crate::{module, no_unwind, with_rng};
+
+/// Draw weights of `choose=p2c` are the peers' weights times this, so a
+/// slow-start factor of 0.1 still changes a weight of 1.
+const P2C_WEIGHT_SCALE: f64 = 64.0;
 
 /// Per-request balancer data. nginx's round-robin data comes first so the
 /// round-robin functions (and TLS session helpers) can use this struct as
@@ -37,14 +46,15 @@ use crate::{module, no_unwind};
 pub struct PeerData {
     pub rrp: ngx_http_upstream_rr_peer_data_t,
     pub request: *mut ngx_http_request_t,
-    pub main: *mut MainConf,
+    pub main: *const MainConf,
     pub agent: usize,
     pub upstream: usize,
     pub choose: ChooseArg,
     /// The upstream's primary peers (the round-robin data may move on to the
     /// backup list).
     pub primary: *mut ngx_http_upstream_rr_peers_t,
-    /// Agent-wide index of the peer of the current try, or `usize::MAX`.
+    /// Agent-wide index of the peer of the current try, or `usize::MAX`;
+    /// set only once the try is counted in flight.
     pub slot: usize,
     /// When the current try started (`ngx_current_msec`).
     pub started_ms: u64,
@@ -52,11 +62,11 @@ pub struct PeerData {
     pub peer_name: ngx_str_t,
 }
 
+/// The peers' write lock when they live in a shared zone (the same rule
+/// as nginx's `ngx_http_upstream_rr_peers_wlock`), released on drop.
 struct PeersLock(*mut ngx_http_upstream_rr_peers_t);
 
 impl PeersLock {
-    /// Takes the peers' write lock when they live in a shared zone (the
-    /// same rule as nginx's `ngx_http_upstream_rr_peers_wlock`).
     unsafe fn write(peers: *mut ngx_http_upstream_rr_peers_t) -> Self {
         // SAFETY: peers is a live rr peers list.
         unsafe {
@@ -66,21 +76,11 @@ impl PeersLock {
         }
         Self(peers)
     }
-
-    unsafe fn read(peers: *mut ngx_http_upstream_rr_peers_t) -> Self {
-        // SAFETY: as above.
-        unsafe {
-            if !(*peers).shpool.is_null() {
-                ngx_rwlock_rlock(&mut (*peers).rwlock);
-            }
-        }
-        Self(peers)
-    }
 }
 
 impl Drop for PeersLock {
     fn drop(&mut self) {
-        // SAFETY: the lock was taken in `write`/`read` on the same list.
+        // SAFETY: the lock was taken in `write` on the same list.
         unsafe {
             if !(*self.0).shpool.is_null() {
                 ngx_rwlock_unlock(&mut (*self.0).rwlock);
@@ -106,20 +106,24 @@ unsafe fn peers_iter(
     })
 }
 
-fn srv_conf(us: *mut ngx_http_upstream_srv_conf_t) -> Option<&'static mut SrvConf> {
-    // SAFETY: us is a live upstream conf whose srv_conf array has this
-    // module's conf at ctx_index (created by create_srv_conf).
-    unsafe {
-        let conf = (*us).srv_conf;
-        if conf.is_null() {
-            return None;
-        }
-        (*conf.add(module().ctx_index) as *mut SrvConf).as_mut()
-    }
+const BITS: usize = 8 * core::mem::size_of::<usize>();
+
+/// Whether peer `i` is marked in a round-robin `tried` bitmap.
+unsafe fn tried(rrp: &ngx_http_upstream_rr_peer_data_t, i: usize) -> bool {
+    // SAFETY: the bitmap has a bit per peer of the list.
+    unsafe { *rrp.tried.add(i / BITS) & (1usize << (i % BITS)) != 0 }
 }
 
-fn find_upstream(agent: &mut AgentConf, index: usize) -> Option<&mut UpstreamConf> {
-    agent.upstreams.iter_mut().find(|u| u.index == index)
+unsafe fn set_tried(rrp: &mut ngx_http_upstream_rr_peer_data_t, i: usize, on: bool) {
+    // SAFETY: as above.
+    unsafe {
+        let word = rrp.tried.add(i / BITS);
+        if on {
+            *word |= 1usize << (i % BITS);
+        } else {
+            *word &= !(1usize << (i % BITS));
+        }
+    }
 }
 
 /// Configuration time: nginx's round robin first, then our bookkeeping.
@@ -141,29 +145,33 @@ unsafe fn init_upstream_inner(
     if unsafe { ngx_http_upstream_init_round_robin(cf, us) } != NGX_OK as ngx_int_t {
         return NGX_ERROR as ngx_int_t;
     }
-    let Some(scf) = srv_conf(us) else {
+    // SAFETY: us is live.
+    let Some(scf) = srv_conf(unsafe { &*us }) else {
         return NGX_ERROR as ngx_int_t;
     };
-    // SAFETY: main was set by the directive to this cycle's main conf.
-    let main = unsafe { &mut *scf.main };
+    // SAFETY: configuration time: one process, one thread, and no other
+    // reference to the main conf (set by the directive) is live.
+    let main = unsafe { &mut *(scf.main as *mut MainConf) };
     let agent = &mut main.agents[scf.agent];
     let policy = agent.policy.clone();
     let key = agent.key.clone();
-    let Some(up) = find_upstream(agent, scf.upstream) else {
+    let Some(up) = agent.upstreams.iter_mut().find(|u| u.index == scf.upstream) else {
         return NGX_ERROR as ngx_int_t;
     };
     // SAFETY: init_round_robin stored the primary peers in us->peer.data.
     let peers = unsafe { (*us).peer.data as *mut ngx_http_upstream_rr_peers_t };
     up.peers.clear();
     up.configured_weights.clear();
+    up.max_fails.clear();
     // SAFETY: configuration time, single process, no lock needed.
     for p in unsafe { peers_iter(peers) } {
         // SAFETY: p is a live peer.
-        let (name, weight) = unsafe { (&(*p).name, (*p).weight) };
+        let p = unsafe { &*p };
         up.peers
-            .push(String::from_utf8_lossy(name.as_bytes()).into_owned());
+            .push(String::from_utf8_lossy(p.name.as_bytes()).into_owned());
         up.configured_weights
-            .push(u32::try_from(weight).unwrap_or(1).max(1));
+            .push(u32::try_from(p.weight).unwrap_or(1).max(1));
+        up.max_fails.push(u32::try_from(p.max_fails).unwrap_or(1));
     }
     if up.peers.len() > MAX_PEERS {
         ngx_conf_log_error!(
@@ -211,7 +219,8 @@ unsafe fn init_peer_inner(
     r: *mut ngx_http_request_t,
     us: *mut ngx_http_upstream_srv_conf_t,
 ) -> ngx_int_t {
-    let Some(scf) = srv_conf(us) else {
+    // SAFETY: us is live.
+    let Some(scf) = srv_conf(unsafe { &*us }) else {
         return NGX_ERROR as ngx_int_t;
     };
     // SAFETY: r is live; its pool outlives the upstream request.
@@ -249,7 +258,10 @@ unsafe fn init_peer_inner(
 struct PeerDataRaw([u8; core::mem::size_of::<PeerData>()]);
 
 /// Applies the agent's published weights to the primary peers when a new
-/// decision was published since this worker last looked.
+/// decision was published since this worker last looked. Round robin's
+/// failure back-off (`effective_weight` below `weight`) is kept in
+/// proportion. A read that keeps meeting the writer changes nothing: the
+/// next request tries again.
 unsafe fn sync_weights(
     agent: &AgentConf,
     up: &UpstreamConf,
@@ -262,32 +274,33 @@ unsafe fn sync_weights(
         return;
     }
     let slot = view.agent(agent.index);
-    let epoch = slot.epoch();
-    if epoch == up.applied_epoch.get() {
+    if slot.epoch() == up.applied_epoch.get() {
         return;
     }
     let n = up.peers.len().min(MAX_PEERS);
     let mut weights = [0u32; MAX_PEERS];
-    let published = slot.read(|| {
+    let Some(published) = slot.read(|b| {
         for (i, w) in weights.iter_mut().enumerate().take(n) {
-            *w = view
-                .peer(up.slot_base + i)
-                .weight
-                .load(core::sync::atomic::Ordering::Relaxed);
+            *w = view.peer(up.slot_base + i).weight[b].load(core::sync::atomic::Ordering::Relaxed);
         }
-    });
+    }) else {
+        return;
+    };
     // SAFETY: peers is the live primary list; the write lock is held while
     // weights change (as nginx's own code does).
     unsafe {
         let _lock = PeersLock::write(peers);
         let mut total = 0;
         for (i, p) in peers_iter(peers).enumerate().take(n) {
-            let w = weights[i];
+            let p = &mut *p;
+            let w = weights[i].min(deep_sched_core::directive::MAX_WEIGHT) as ngx_int_t;
             if w > 0 {
-                (*p).weight = w as ngx_int_t;
-                (*p).effective_weight = w as ngx_int_t;
+                p.effective_weight =
+                    scale_effective_weight(p.effective_weight as i64, p.weight as i64, w as i64)
+                        as ngx_int_t;
+                p.weight = w;
             }
-            total += (*p).weight as ngx_uint_t;
+            total += p.weight as ngx_uint_t;
         }
         (*peers).total_weight = total;
         (*peers).set_weighted(1);
@@ -295,75 +308,146 @@ unsafe fn sync_weights(
     up.applied_epoch.set(published.epoch);
 }
 
-unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
-    no_unwind(NGX_BUSY as ngx_int_t, || {
-        // SAFETY: data is the PeerData set in init_peer; pc is live.
-        unsafe { get_peer_inner(pc, &mut *(data as *mut PeerData)) }
-    })
+/// What the module's part of a pick decided.
+enum Plan {
+    /// p2c charged this peer (index in the primary list).
+    Picked(usize),
+    /// Round robin picks; `masked` peers (bits of the primary list) were
+    /// held back for slow start and must be released afterwards.
+    RoundRobin { masked: u64 },
 }
 
-unsafe fn get_peer_inner(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> ngx_int_t {
-    // SAFETY: main conf of the cycle this request belongs to.
-    let main = unsafe { &*pd.main };
-    let agent = &main.agents[pd.agent];
-    let Some(up) = agent.upstreams.iter().find(|u| u.index == pd.upstream) else {
-        // SAFETY: fall back to plain round robin.
-        return unsafe { ngx_http_upstream_get_round_robin_peer(pc, (&raw mut pd.rrp).cast()) };
-    };
-    let Some(view) = main.view() else {
-        // SAFETY: as above.
-        return unsafe { ngx_http_upstream_get_round_robin_peer(pc, (&raw mut pd.rrp).cast()) };
-    };
-    // SAFETY: primary is the live primary peer list of this upstream.
-    unsafe { sync_weights(agent, up, &view, pd.primary) };
-
-    let rc = match pd.choose {
-        // SAFETY: pc and rrp are live.
-        ChooseArg::P2c => unsafe { get_p2c_peer(pc, pd, up, &view) },
-        ChooseArg::Wrr => NGX_BUSY as ngx_int_t,
-    };
-    let rc = if rc == NGX_OK as ngx_int_t {
-        rc
-    } else {
-        // SAFETY: pc and rrp are live.
-        unsafe { ngx_http_upstream_get_round_robin_peer(pc, (&raw mut pd.rrp).cast()) }
-    };
-    if rc != NGX_OK as ngx_int_t {
-        return rc;
-    }
-    // SAFETY: after a successful get, rrp.current is the chosen peer.
-    unsafe {
-        let current = pd.rrp.current;
-        pd.peer_name = (*current).name;
-        pd.slot = usize::MAX;
-        if pd.rrp.peers == pd.primary {
-            let _lock = PeersLock::read(pd.primary);
-            if let Some(i) = peers_iter(pd.primary).position(|p| p == current) {
-                if i < up.peers.len() {
-                    pd.slot = up.slot_base + i;
+unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: data is the PeerData set in init_peer; pc is live.
+    let pd = unsafe { &mut *(data as *mut PeerData) };
+    // Nothing is charged yet: a panic here falls back to round robin.
+    let plan = no_unwind(Plan::RoundRobin { masked: 0 }, || {
+        // SAFETY: pc and pd are live.
+        unsafe { plan_pick(pc, pd) }
+    });
+    let (rc, picked) = match plan {
+        Plan::Picked(i) => (NGX_OK as ngx_int_t, Some(i)),
+        Plan::RoundRobin { masked } => {
+            // SAFETY: pc and rrp are live.
+            let mut rc =
+                unsafe { ngx_http_upstream_get_round_robin_peer(pc, (&raw mut pd.rrp).cast()) };
+            if masked != 0 {
+                // SAFETY: the bits were set by plan_pick on this list.
+                unsafe { unmask(pd, masked) };
+                if rc == NGX_BUSY as ngx_int_t {
+                    // Only ramping peers were left: better them than a 502.
+                    // SAFETY: as above.
+                    rc = unsafe {
+                        ngx_http_upstream_get_round_robin_peer(pc, (&raw mut pd.rrp).cast())
+                    };
                 }
             }
+            (rc, None)
         }
-        if pd.slot != usize::MAX {
-            view.peer(pd.slot)
-                .inflight
-                .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-            pd.started_ms = ngx_current_msec as u64;
-        }
+    };
+    if rc == NGX_OK as ngx_int_t {
+        // The peer is charged; a panic now only loses this try's sample.
+        no_unwind((), || {
+            // SAFETY: after a successful get, rrp.current is the chosen peer.
+            unsafe { count_try(pd, picked) }
+        });
     }
     rc
 }
 
-/// Power of two choices among the eligible primary peers; `NGX_BUSY` when
-/// none is eligible (the caller then lets round robin try the backups).
-unsafe fn get_p2c_peer(
-    pc: *mut ngx_peer_connection_t,
+/// The module's part of a pick, before any peer is charged.
+unsafe fn plan_pick(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> Plan {
+    let rr = Plan::RoundRobin { masked: 0 };
+    // SAFETY: main conf of the cycle this request belongs to.
+    let main = unsafe { &*pd.main };
+    let agent = &main.agents[pd.agent];
+    let (Some(up), Some(view)) = (agent.upstream(pd.upstream), ZoneView::of(main)) else {
+        return rr;
+    };
+    // SAFETY: primary is the live primary peer list of this upstream.
+    unsafe { sync_weights(agent, up, &view, pd.primary) };
+    // SAFETY: ngx_current_msec is the event loop's clock.
+    let now = unsafe { ngx_current_msec } as u64;
+    match pd.choose {
+        // SAFETY: pc and rrp are live.
+        ChooseArg::P2c => match unsafe { p2c_pick(pc, pd, agent, up, &view, now) } {
+            Some(i) => Plan::Picked(i),
+            None => rr,
+        },
+        ChooseArg::Wrr => {
+            let ramping = agent.args.slow_start_ms > 0
+                && now
+                    < view
+                        .agent(agent.index)
+                        .slow_start_until_ms
+                        .load(core::sync::atomic::Ordering::Relaxed);
+            if !ramping {
+                return rr;
+            }
+            // SAFETY: rrp and the primary list are live.
+            Plan::RoundRobin {
+                masked: unsafe { mask_ramping(pd, agent, up, &view, now) },
+            }
+        }
+    }
+}
+
+/// Slow start under round robin: each peer in slow start is held back from
+/// this pick (marked tried) with probability `1 − factor`, so its share is
+/// about `factor` of its weight's. Not with backups (round robin would move
+/// on to them rather than to a ramping primary).
+unsafe fn mask_ramping(
     pd: &mut PeerData,
+    agent: &AgentConf,
     up: &UpstreamConf,
     view: &ZoneView,
-) -> ngx_int_t {
+    now: u64,
+) -> u64 {
+    // SAFETY: primary is live; `next` is its backup list.
+    if pd.rrp.peers != pd.primary || unsafe { !(*pd.primary).next.is_null() } {
+        return 0;
+    }
+    let mut masked = 0u64;
+    for i in 0..up.peers.len().min(64) {
+        let since = view
+            .peer(up.slot_base + i)
+            .slow_start_since_ms
+            .load(core::sync::atomic::Ordering::Relaxed);
+        let f = slow_start_factor(now, since, agent.args.slow_start_ms);
+        // SAFETY: the bitmap covers the primary list.
+        if f < 1.0 && unsafe { !tried(&pd.rrp, i) } && with_rng(rand::Rng::gen::<f64>) >= f {
+            // SAFETY: as above.
+            unsafe { set_tried(&mut pd.rrp, i, true) };
+            masked |= 1 << i;
+        }
+    }
+    masked
+}
+
+unsafe fn unmask(pd: &mut PeerData, masked: u64) {
+    for i in 0..64 {
+        if masked & (1 << i) != 0 {
+            // SAFETY: the bits were set on the primary list's bitmap, which
+            // round robin only resets when it moves to backups (never with
+            // a mask: see mask_ramping).
+            unsafe { set_tried(&mut pd.rrp, i, false) };
+        }
+    }
+}
+
+/// Power of two choices among the eligible primary peers, charging the
+/// chosen one as round robin would; `None` when none is eligible (the
+/// caller then lets round robin try the backups).
+unsafe fn p2c_pick(
+    pc: *mut ngx_peer_connection_t,
+    pd: &mut PeerData,
+    agent: &AgentConf,
+    up: &UpstreamConf,
+    view: &ZoneView,
+    now_ms: u64,
+) -> Option<usize> {
     if pd.rrp.peers != pd.primary {
-        return NGX_BUSY as ngx_int_t;
+        return None;
     }
     // SAFETY: pc is live; as in nginx's round robin, a new try starts
     // without a cached connection (keepalive, if any, sets one after us).
@@ -374,8 +458,8 @@ unsafe fn get_p2c_peer(
     let peers = pd.primary;
     let mut loads = [PeerLoad::default(); MAX_PEERS];
     let mut ptrs = [ptr::null_mut::<ngx_http_upstream_rr_peer_t>(); MAX_PEERS];
-    let bits = 8 * core::mem::size_of::<usize>();
     let now = ngx::ffi::ngx_time();
+    let known = up.peers.len();
     // SAFETY: the write lock is held while peers are inspected and the chosen
     // one is charged, as in nginx's round robin.
     unsafe {
@@ -384,41 +468,48 @@ unsafe fn get_p2c_peer(
         for (i, p) in peers_iter(peers).enumerate().take(MAX_PEERS) {
             n = i + 1;
             ptrs[i] = p;
-            let tried = *pd.rrp.tried.add(i / bits) & (1usize << (i % bits)) != 0;
-            let peer = &*p;
+            let peer = &mut *p;
             let failed = peer.max_fails != 0
                 && peer.fails >= peer.max_fails
                 && now - peer.checked <= peer.fail_timeout;
             let full = peer.max_conns != 0 && peer.conns >= peer.max_conns;
-            let eligible = !tried && peer.down == 0 && !failed && !full && i < up.peers.len();
-            let slot = if i < up.peers.len() {
-                Some(view.peer(up.slot_base + i))
-            } else {
-                None
-            };
+            let eligible = !tried(&pd.rrp, i) && peer.down == 0 && !failed && !full && i < known;
+            if !eligible || i >= known {
+                loads[i] = PeerLoad::default();
+                continue;
+            }
+            // Round robin's recovery of a backed-off peer, one step per pick.
+            if peer.effective_weight < peer.weight {
+                peer.effective_weight += 1;
+            }
+            let s = view.peer(up.slot_base + i);
+            let ramp = slow_start_factor(
+                now_ms,
+                s.slow_start_since_ms
+                    .load(core::sync::atomic::Ordering::Relaxed),
+                agent.args.slow_start_ms,
+            );
+            let others: u64 = up
+                .siblings
+                .get(i)
+                .map_or(0, |v| v.iter().map(|&j| view.peer(j).inflight()).sum());
             loads[i] = PeerLoad {
-                weight: u32::try_from(peer.weight).unwrap_or(1).max(1),
-                inflight: slot.map_or(0, |s| {
-                    let others: u64 = up
-                        .siblings
-                        .get(i)
-                        .map_or(0, |v| v.iter().map(|&j| view.peer(j).inflight()).sum());
-                    s.inflight() + others
-                }),
-                latency_ewma_ms: slot.map_or(0.0, |s| s.latency_ewma_ms()),
-                eligible,
+                weight: ((peer.effective_weight.max(1) as f64) * P2C_WEIGHT_SCALE * ramp)
+                    .round()
+                    .max(1.0) as u32,
+                inflight: s.inflight() + others,
+                latency_ewma_ms: s.latency_ms(now_ms),
+                eligible: true,
             };
         }
-        let Some(best) = crate::agent::with_rng(|rng| p2c(&loads[..n], rng)) else {
-            return NGX_BUSY as ngx_int_t;
-        };
+        let best = with_rng(|rng| p2c(&loads[..n], rng))?;
         let peer = &mut *ptrs[best];
         pd.rrp.current = peer;
         #[cfg(ngx_peer_refs)]
         {
             peer.refs += 1;
         }
-        *pd.rrp.tried.add(best / bits) |= 1usize << (best % bits);
+        set_tried(&mut pd.rrp, best, true);
         if now - peer.checked > peer.fail_timeout {
             peer.checked = now;
         }
@@ -426,8 +517,36 @@ unsafe fn get_p2c_peer(
         (*pc).socklen = peer.socklen;
         (*pc).name = &mut peer.name;
         peer.conns += 1;
+        Some(best)
     }
-    NGX_OK as ngx_int_t
+}
+
+/// After a successful pick: which slot the try is at, counted in flight.
+unsafe fn count_try(pd: &mut PeerData, picked: Option<usize>) {
+    // SAFETY: main conf of the cycle this request belongs to; rrp.current
+    // is the chosen peer.
+    unsafe {
+        let main = &*pd.main;
+        let current = pd.rrp.current;
+        pd.peer_name = (*current).name;
+        let agent = &main.agents[pd.agent];
+        let (Some(up), Some(view)) = (agent.upstream(pd.upstream), ZoneView::of(main)) else {
+            return;
+        };
+        let index = match picked {
+            Some(i) => Some(i),
+            // O(peers) without a lock: the primary list's links never change
+            // at run time (no `resolve` under deep_sched).
+            None if pd.rrp.peers == pd.primary => peers_iter(pd.primary).position(|p| p == current),
+            None => None,
+        };
+        let Some(i) = index.filter(|&i| i < up.peers.len()) else {
+            return;
+        };
+        view.add_inflight(main.shard.get(), up.slot_base + i, 1);
+        pd.started_ms = ngx_current_msec as u64;
+        pd.slot = up.slot_base + i;
+    }
 }
 
 unsafe extern "C" fn free_peer(
@@ -435,51 +554,75 @@ unsafe extern "C" fn free_peer(
     data: *mut c_void,
     state: ngx_uint_t,
 ) {
+    // SAFETY: data is our PeerData; pc is live.
+    let pd = unsafe { &mut *(data as *mut PeerData) };
     no_unwind((), || {
-        // SAFETY: data is our PeerData; pc is live.
-        unsafe { free_peer_inner(pc, &mut *(data as *mut PeerData), state) }
-    })
-}
-
-unsafe fn free_peer_inner(pc: *mut ngx_peer_connection_t, pd: &mut PeerData, state: ngx_uint_t) {
-    if pd.slot != usize::MAX {
-        // SAFETY: main conf and request are live for the request's lifetime.
-        unsafe {
-            let main = &*pd.main;
-            if let Some(view) = main.view() {
-                let slot = view.peer(pd.slot);
-                let u = (*pd.request).upstream;
-                let st = if u.is_null() {
-                    ptr::null_mut()
-                } else {
-                    (*u).state
-                };
-                let elapsed = (ngx_current_msec as u64).saturating_sub(pd.started_ms);
-                let mut outcome = TryOutcome {
-                    status_class: None,
-                    failed: state & NGX_PEER_FAILED as ngx_uint_t != 0,
-                    response_msec: elapsed,
-                    in_bytes: 0,
-                    out_bytes: 0,
-                };
-                if !st.is_null() {
-                    let st = &*st;
-                    if (100..600).contains(&st.status) {
-                        outcome.status_class = Some(st.status / 100 - 1);
-                    }
-                    if st.response_time != ngx::ffi::ngx_msec_t::MAX {
-                        outcome.response_msec = st.response_time as u64;
-                    }
-                    outcome.in_bytes = u64::try_from(st.bytes_received).unwrap_or(0);
-                    outcome.out_bytes = u64::try_from(st.bytes_sent).unwrap_or(0);
-                }
-                slot.record(&outcome, ngx_current_msec as u64);
-                slot.inflight
-                    .fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        pd.slot = usize::MAX;
-    }
+        // SAFETY: the request and the main conf are live.
+        unsafe { record_try(pd, state) }
+    });
+    // Always: round robin's own accounting (`conns`, `fails`, TLS session).
     // SAFETY: hand over to nginx's round robin with its own data.
     unsafe { ngx_http_upstream_free_round_robin_peer(pc, (&raw mut pd.rrp).cast(), state) };
+}
+
+/// Records the finished try in the zone and starts a slow start when the
+/// peer is back from failure.
+unsafe fn record_try(pd: &mut PeerData, state: ngx_uint_t) {
+    let slot = core::mem::replace(&mut pd.slot, usize::MAX);
+    if slot == usize::MAX {
+        return;
+    }
+    // SAFETY: main conf and request are live for the request's lifetime.
+    unsafe {
+        let main = &*pd.main;
+        let Some(view) = ZoneView::of(main) else {
+            return;
+        };
+        view.add_inflight(main.shard.get(), slot, -1);
+        let now = ngx_current_msec as u64;
+        let u = (*pd.request).upstream;
+        let st = if u.is_null() {
+            ptr::null_mut()
+        } else {
+            (*u).state
+        };
+        let mut outcome = TryOutcome {
+            status_class: None,
+            failed: state & NGX_PEER_FAILED as ngx_uint_t != 0,
+            response_msec: now.saturating_sub(pd.started_ms),
+            header_msec: None,
+            in_bytes: 0,
+            out_bytes: 0,
+        };
+        if !st.is_null() {
+            let st = &*st;
+            if (100..600).contains(&st.status) {
+                outcome.status_class = Some(st.status / 100 - 1);
+            }
+            if st.response_time != ngx::ffi::ngx_msec_t::MAX {
+                outcome.response_msec = st.response_time as u64;
+            }
+            if st.header_time != ngx::ffi::ngx_msec_t::MAX {
+                outcome.header_msec = Some(st.header_time as u64);
+            }
+            outcome.in_bytes = u64::try_from(st.bytes_received).unwrap_or(0);
+            outcome.out_bytes = u64::try_from(st.bytes_sent).unwrap_or(0);
+        }
+        let agent = &main.agents[pd.agent];
+        let Some(up) = agent.upstream(pd.upstream) else {
+            return;
+        };
+        let i = slot - up.slot_base;
+        let max_fails = up.max_fails.get(i).copied().unwrap_or(1);
+        let back = view.peer(slot).record(&outcome, now, max_fails);
+        if back && agent.args.slow_start_ms > 0 {
+            view.peer(slot)
+                .slow_start_since_ms
+                .store(now.max(1), core::sync::atomic::Ordering::Relaxed);
+            view.agent(agent.index).slow_start_until_ms.fetch_max(
+                now + agent.args.slow_start_ms,
+                core::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
 }

@@ -12,6 +12,7 @@ use ngx::ffi::{
 use ngx::ngx_string;
 
 use crate::upstream::PeerData;
+use crate::zone::ZoneView;
 use crate::{module, no_unwind};
 
 type Getter = unsafe extern "C" fn(
@@ -88,10 +89,10 @@ unsafe extern "C" fn get_state(
                 return not_found(v);
             };
             let main = &*pd.main;
-            let Some(view) = main.view() else {
+            let Some(view) = ZoneView::of(main) else {
                 return not_found(v);
             };
-            match view.agent(pd.agent).read(|| {}).state {
+            match view.agent(pd.agent).read(|_| {}).and_then(|p| p.state) {
                 Some(s) => set_value(r, v, s.to_string().as_bytes()),
                 None => set_value(r, v, b"-"),
             }

@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use deep_sched_core::choose::{p2c, PeerLoad, SmoothWrr};
+use deep_sched_core::choose::{decayed_latency, p2c, PeerLoad};
 use deep_sched_core::counters::latency_bucket;
 use deep_sched_core::gmm::{CovarianceKind, Gmm};
 use deep_sched_core::policy::Policy;
@@ -40,10 +40,6 @@ fn mixture(rng: &mut SmallRng) -> (Vec<f64>, Vec<Vec<f64>>, Vec<Vec<f64>>) {
 fn bench_choose(c: &mut Criterion) {
     let mut g = c.benchmark_group("choose");
     let weights = [5u32, 3, 1];
-    let mut wrr = SmoothWrr::<3>::default();
-    g.bench_function("swrr_3_peers", |b| {
-        b.iter(|| wrr.pick(black_box(&weights), |_| true))
-    });
     let loads: Vec<PeerLoad> = weights
         .iter()
         .enumerate()
@@ -60,6 +56,9 @@ fn bench_choose(c: &mut Criterion) {
     });
     g.bench_function("latency_bucket", |b| {
         b.iter(|| latency_bucket(black_box(137)))
+    });
+    g.bench_function("decayed_latency", |b| {
+        b.iter(|| decayed_latency(black_box(37.5), black_box(420)))
     });
     g.finish();
 }

@@ -3,7 +3,7 @@
 //! ```nginx
 //! deep_sched;                                   # observe only
 //! deep_sched explore weights=1,3,5 interval=2s log=logs/x.jsonl;
-//! deep_sched policies/social.json epsilon=0.05 choose=p2c;
+//! deep_sched policies/social.json epsilon=0.05 choose=p2c slow_start=30s;
 //! ```
 //!
 //! The nginx glue hands over the directive's words (without the directive
@@ -19,6 +19,9 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub const DEFAULT_EXPLORE_WEIGHTS: [u32; 3] = [1, 3, 5];
 /// Default decision interval when neither the directive nor the policy sets one.
 pub const DEFAULT_INTERVAL_MS: u64 = 2000;
+/// Longest `slow_start=` ramp (Envoy caps nothing; an hour is far beyond any
+/// warm-up and keeps the arithmetic in range).
+pub const MAX_SLOW_START_MS: u64 = 3_600_000;
 
 /// What the agent does every interval.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +59,9 @@ pub struct DirectiveArgs {
     pub weights: Vec<u32>,
     /// `epsilon=`: probability of an exploratory action (only with a policy).
     pub epsilon: f64,
+    /// `slow_start=`: ramp of a peer that returns from failure, ms (0: off;
+    /// not with observe-only, which stays exact round robin).
+    pub slow_start_ms: u64,
 }
 
 /// A problem with the directive's words; displayed the way nginx phrases
@@ -133,6 +139,7 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
         log: None,
         weights: DEFAULT_EXPLORE_WEIGHTS.to_vec(),
         epsilon: 0.0,
+        slow_start_ms: 0,
     };
     let mut seen: Vec<&str> = Vec::new();
 
@@ -140,7 +147,7 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
         let Some((key, value)) = word.split_once('=') else {
             return Err(err(
                 word,
-                "expected KEY=VALUE (interval=, choose=, log=, weights=, epsilon=)",
+                "expected KEY=VALUE (interval=, choose=, log=, weights=, epsilon=, slow_start=)",
             ));
         };
         if seen.contains(&key) {
@@ -194,10 +201,24 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
                 }
                 args.epsilon = p;
             }
+            "slow_start" => {
+                if args.mode == ModeArg::Observe {
+                    return Err(err(
+                        word,
+                        "\"slow_start=\" needs \"explore\" or a policy file (observe-only is exact round robin)",
+                    ));
+                }
+                let ms = parse_time_ms(value)
+                    .ok_or_else(|| err(word, "expected a time such as 10s or 1m"))?;
+                if ms > MAX_SLOW_START_MS {
+                    return Err(err(word, "the ramp must be at most 1h"));
+                }
+                args.slow_start_ms = ms;
+            }
             _ => {
                 return Err(err(
                     word,
-                    "unknown parameter (expected interval=, choose=, log=, weights=, epsilon=)",
+                    "unknown parameter (expected interval=, choose=, log=, weights=, epsilon=, slow_start=)",
                 ))
             }
         }
@@ -240,6 +261,23 @@ mod tests {
         assert_eq!(a.epsilon, 0.1);
         assert_eq!(a.choose, ChooseArg::P2c);
         assert_eq!(a.weights, DEFAULT_EXPLORE_WEIGHTS.to_vec());
+    }
+
+    #[test]
+    fn slow_start_takes_a_time() {
+        let a = parse(&["p.json", "slow_start=30s", "choose=p2c"]).unwrap();
+        assert_eq!(a.slow_start_ms, 30_000);
+        assert_eq!(
+            parse(&["explore", "slow_start=500ms"])
+                .unwrap()
+                .slow_start_ms,
+            500
+        );
+        assert_eq!(
+            parse(&["p.json"]).unwrap().slow_start_ms,
+            0,
+            "off by default"
+        );
     }
 
     #[test]
@@ -294,6 +332,18 @@ mod tests {
             (&["p.json", "epsilon=abc"], "epsilon=abc", "probability"),
             (&["p.json", "log="], "log=", "empty"),
             (&["p.json", "colour=red"], "colour=red", "unknown parameter"),
+            (&["slow_start=10s"], "slow_start=10s", "observe-only"),
+            (
+                &["p.json", "slow_start=fast"],
+                "slow_start=fast",
+                "expected a time",
+            ),
+            (&["p.json", "slow_start=2h"], "slow_start=2h", "at most 1h"),
+            (
+                &["p.json", "slow_start=-1s"],
+                "slow_start=-1s",
+                "expected a time",
+            ),
             (&["p.json", "extra"], "extra", "KEY=VALUE"),
             (
                 &["p.json", "interval=1s", "interval=2s"],

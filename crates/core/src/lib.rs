@@ -7,7 +7,9 @@
 //! - [`gmm`]: Gaussian mixture scoring (log domain);
 //! - [`policy`]: the policy file and its validation;
 //! - [`decision`]: one decision of an agent;
-//! - [`choose`]: per-request peer choice (smooth WRR, p2c);
+//! - [`choose`]: per-request peer choice (p2c, read-time latency decay,
+//!   slow start, round robin's back-off under new weights);
+//! - [`publish`]: the lock-free publication of a decision to every worker;
 //! - [`samples`]: the sample log record;
 //! - [`directive`]: the `deep_sched` directive's syntax;
 //! - [`status`]: the status document (JSON, Prometheus).
@@ -19,5 +21,6 @@ pub mod directive;
 pub mod features;
 pub mod gmm;
 pub mod policy;
+pub mod publish;
 pub mod samples;
 pub mod status;

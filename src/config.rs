@@ -1,0 +1,270 @@
+//! The module's configuration: what `deep_sched` builds at configuration
+//! time (one [`MainConf`] per `http` block, one [`SrvConf`] per upstream)
+//! and the accessors that find it again, with lifetimes tied to what owns
+//! it (the cycle, the request, the configuration being parsed).
+//!
+//! Everything here is written while nginx reads the configuration (one
+//! process, one thread) and only read afterwards, but for the worker-local
+//! cells (`Cell`/`RefCell`): each worker has its own copy of the
+//! configuration after `fork`.
+
+use core::cell::{Cell, RefCell};
+use core::ffi::{c_char, c_void};
+use core::ptr;
+use std::sync::Arc;
+
+use deep_sched_core::decision::{Decider, Mode};
+use deep_sched_core::directive::{ChooseArg, DirectiveArgs, ModeArg};
+use deep_sched_core::policy::Policy;
+use ngx::core::Pool;
+use ngx::ffi::{
+    ngx_conf_t, ngx_cycle_t, ngx_http_conf_ctx_t, ngx_http_module, ngx_http_request_t,
+    ngx_http_upstream_module, ngx_http_upstream_srv_conf_t, ngx_open_file_t, ngx_shm_zone_t,
+    ngx_str_t, NGX_LOG_EMERG,
+};
+use ngx::ngx_conf_log_error;
+
+use crate::{module, no_unwind};
+
+/// Most primary peers one upstream may have under `deep_sched` (the per
+/// request paths use fixed stack arrays of this size).
+pub const MAX_PEERS: usize = 64;
+
+/// One upstream block of an agent.
+pub struct UpstreamConf {
+    /// The upstream's name as written in `upstream NAME {`.
+    pub name: String,
+    /// Primary peers in configuration order (filled by `init_upstream`).
+    pub peers: Vec<String>,
+    /// Their configured `weight=`.
+    pub configured_weights: Vec<u32>,
+    /// Their `max_fails=` (a run of this many failed tries, at least one,
+    /// followed by a success starts the peer's slow start).
+    pub max_fails: Vec<u32>,
+    /// Index of the first peer in the zone's peer slots.
+    pub slot_base: usize,
+    /// Per peer, the zone slots of the same address in other upstreams (any
+    /// agent): `choose=p2c` counts their requests in flight too.
+    pub siblings: Vec<Vec<usize>>,
+    /// Index of this upstream in the agent (and in its policy).
+    pub index: usize,
+    /// Worker-local: the decision epoch whose weights this worker applied.
+    pub applied_epoch: Cell<u64>,
+    /// Set once `init_upstream` ran for this upstream.
+    pub initialised: bool,
+}
+
+/// A set of upstreams deciding together.
+pub struct AgentConf {
+    /// Policy path, log path or upstream name (see docs/DESIGN.md).
+    pub key: String,
+    /// The directive as parsed (from the first upstream naming the agent).
+    pub args: DirectiveArgs,
+    /// The loaded, validated policy (policy mode only).
+    pub policy: Option<Arc<Policy>>,
+    /// Resolved policy path (for status and logs).
+    pub policy_path: Option<String>,
+    /// Decision interval.
+    pub interval_ms: u64,
+    /// The agent's upstreams, in policy order when there is a policy.
+    pub upstreams: Vec<UpstreamConf>,
+    /// Sample log opened by nginx (inherited by workers, reopened on USR1).
+    pub log: *mut ngx_open_file_t,
+    /// Index of this agent's slot in the zone.
+    pub index: usize,
+    /// Worker-local decider (created when the worker starts its timers).
+    pub decider: RefCell<Option<Decider>>,
+}
+
+impl AgentConf {
+    /// The decision mode for the core's decider.
+    pub fn mode(&self) -> Mode {
+        match (&self.args.mode, &self.policy) {
+            (ModeArg::Policy(_), Some(p)) => Mode::Policy {
+                policy: Arc::clone(p),
+                epsilon: self.args.epsilon,
+            },
+            (ModeArg::Explore, _) => Mode::Explore {
+                weights: self.args.weights.clone(),
+            },
+            _ => Mode::Observe,
+        }
+    }
+
+    /// A decider for this agent (each worker builds its own).
+    pub fn decider_template(&self) -> Decider {
+        let configured: Vec<Vec<u32>> = self
+            .upstreams
+            .iter()
+            .map(|u| u.configured_weights.clone())
+            .collect();
+        let names: Vec<(String, Vec<String>)> = self
+            .upstreams
+            .iter()
+            .map(|u| (u.name.clone(), u.peers.clone()))
+            .collect();
+        Decider::new(self.mode(), &self.key, names, configured)
+    }
+
+    /// Total number of peers of the agent.
+    pub fn peer_count(&self) -> usize {
+        self.upstreams.iter().map(|u| u.peers.len()).sum()
+    }
+
+    /// The upstream with policy index `index`.
+    pub fn upstream(&self, index: usize) -> Option<&UpstreamConf> {
+        self.upstreams.iter().find(|u| u.index == index)
+    }
+}
+
+/// The module's `http`-level configuration.
+pub struct MainConf {
+    /// The cycle this configuration belongs to (timers follow it).
+    pub cycle: *mut ngx_cycle_t,
+    pub agents: Vec<AgentConf>,
+    /// The shared zone (null when no upstream uses `deep_sched`).
+    pub zone: *mut ngx_shm_zone_t,
+    /// The module's block in the zone, once mapped (null before).
+    pub block: *mut u8,
+    /// Total peer slots.
+    pub total_peers: usize,
+    /// Worker-local: the in-flight shard this process claimed in the zone.
+    pub shard: Cell<Option<usize>>,
+    /// Worker-local: the decision timers of this cycle were started.
+    pub timers_started: Cell<bool>,
+}
+
+/// The module's per-upstream configuration: which agent and upstream.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct SrvConf {
+    /// Agent index, or `usize::MAX` when `deep_sched` is not used here.
+    pub agent: usize,
+    /// Upstream index within the agent.
+    pub upstream: usize,
+    /// The module's main configuration of this cycle.
+    pub main: *const MainConf,
+    /// Per-request peer choice.
+    pub choose: ChooseArg,
+}
+
+pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    no_unwind(ptr::null_mut(), || {
+        // SAFETY: cf is the live configuration; the pool outlives the cycle
+        // and `allocate` registers a cleanup that drops the value.
+        let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
+        pool.allocate(MainConf {
+            // SAFETY: cf is live.
+            cycle: unsafe { (*cf).cycle },
+            agents: Vec::new(),
+            zone: ptr::null_mut(),
+            block: ptr::null_mut(),
+            total_peers: 0,
+            shard: Cell::new(None),
+            timers_started: Cell::new(false),
+        })
+        .cast()
+    })
+}
+
+pub unsafe extern "C" fn create_srv_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    no_unwind(ptr::null_mut(), || {
+        // SAFETY: as in create_main_conf.
+        let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
+        pool.allocate(SrvConf {
+            agent: usize::MAX,
+            upstream: 0,
+            main: ptr::null(),
+            choose: ChooseArg::Wrr,
+        })
+        .cast()
+    })
+}
+
+/// The module's main configuration of `cycle` (`None` without an `http`
+/// block). It lives as long as the cycle.
+pub fn main_conf_of_cycle(cycle: &ngx_cycle_t) -> Option<&MainConf> {
+    // SAFETY: conf_ctx[ngx_http_module.index] is the http conf ctx (or null
+    // without an http block); its main_conf array holds ours, allocated in
+    // the cycle's pool.
+    unsafe {
+        let ctx = *cycle.conf_ctx.add(ngx_http_module.index) as *const ngx_http_conf_ctx_t;
+        if ctx.is_null() {
+            return None;
+        }
+        (*(*ctx).main_conf.add(module().ctx_index) as *const MainConf).as_ref()
+    }
+}
+
+/// The module's main configuration for a request; it outlives the request.
+pub fn main_conf_of_request(r: &ngx_http_request_t) -> Option<&MainConf> {
+    // SAFETY: main_conf[ctx_index] is ours (created for every http block).
+    unsafe { (*r.main_conf.add(module().ctx_index) as *const MainConf).as_ref() }
+}
+
+/// The module's main configuration of the `http` block being parsed.
+///
+/// # Safety
+/// `cf` must be inside an `http` block (its ctx an http conf ctx), and no
+/// other reference to the main configuration may be live.
+pub unsafe fn main_conf_of_conf(cf: &mut ngx_conf_t) -> &mut MainConf {
+    // SAFETY: as the caller promises; create_main_conf made the value.
+    unsafe {
+        let ctx = cf.ctx as *mut ngx_http_conf_ctx_t;
+        &mut *(*(*ctx).main_conf.add(module().ctx_index) as *mut MainConf)
+    }
+}
+
+/// The upstream module's configuration of the upstream block being parsed.
+///
+/// # Safety
+/// `cf` must be inside an `upstream` block.
+pub unsafe fn upstream_conf_of_conf(cf: &mut ngx_conf_t) -> &mut ngx_http_upstream_srv_conf_t {
+    // SAFETY: inside an upstream block cf->ctx is an http conf ctx whose
+    // srv_conf array holds the upstream module's conf.
+    unsafe {
+        let ctx = cf.ctx as *mut ngx_http_conf_ctx_t;
+        &mut *(*(*ctx).srv_conf.add(ngx_http_upstream_module.ctx_index)
+            as *mut ngx_http_upstream_srv_conf_t)
+    }
+}
+
+/// This module's configuration of an upstream (`None` when the upstream
+/// has no server configurations, as an implicit `proxy_pass` upstream).
+pub fn srv_conf(us: &ngx_http_upstream_srv_conf_t) -> Option<&SrvConf> {
+    // SAFETY: the srv_conf array has this module's conf at ctx_index
+    // (created by create_srv_conf), allocated in the cycle's pool.
+    unsafe {
+        if us.srv_conf.is_null() {
+            return None;
+        }
+        (*us.srv_conf.add(module().ctx_index) as *const SrvConf).as_ref()
+    }
+}
+
+/// Reports a configuration error in nginx's format and fails the directive.
+pub(crate) fn conf_error(cf: *mut ngx_conf_t, msg: &str) -> *mut c_char {
+    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", msg);
+    ngx::core::NGX_CONF_ERROR
+}
+
+/// An nginx string as an owned Rust string (lossy for non-UTF-8 bytes).
+pub(crate) fn ngx_str_to_string(s: &ngx_str_t) -> String {
+    String::from_utf8_lossy(s.as_bytes()).into_owned()
+}
+
+/// Copies `s` into the configuration pool as an `ngx_str_t` whose data is
+/// also NUL-terminated (nginx passes file names to open(2) as C strings).
+pub(crate) unsafe fn pool_str(cf: *mut ngx_conf_t, s: &str) -> Option<ngx_str_t> {
+    // SAFETY: cf's pool is live for the cycle; the copy is s.len() + 1 bytes.
+    unsafe {
+        let pool = Pool::from_ngx_pool((*cf).pool);
+        let data = pool.alloc_unaligned(s.len() + 1) as *mut u8;
+        if data.is_null() {
+            return None;
+        }
+        ptr::copy_nonoverlapping(s.as_ptr(), data, s.len());
+        *data.add(s.len()) = 0;
+        Some(ngx_str_t { len: s.len(), data })
+    }
+}
