@@ -5,6 +5,7 @@ use core::ffi::{c_char, c_void};
 use core::ptr;
 use core::sync::atomic::Ordering;
 
+use deep_sched_core::choose::slow_start_factor;
 use deep_sched_core::counters::percentile;
 use deep_sched_core::directive::{ChooseArg, ModeArg};
 use deep_sched_core::status::{
@@ -92,6 +93,11 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                             latency_hist: c.latency_hist,
                             inflight: c.inflight,
                             latency_ewma_msec: s.latency_ms(now_mono),
+                            slow_start_factor: slow_start_factor(
+                                now_mono,
+                                s.slow_start_since_ms.load(Ordering::Relaxed),
+                                a.args.slow_start_ms,
+                            ),
                             rps: c.requests.saturating_sub(prev) as f64 / since,
                             weight: s.weight[published.epoch as usize & 1].load(Ordering::Relaxed),
                             configured_weight: u.configured_weights[i],
@@ -123,6 +129,7 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
             }),
             decisions: published.epoch,
             last_decision_msec: published.last_decision_wall_ms,
+            last_decision_pid: published.pid,
             state: published.state,
             action: published.action,
             log_likelihood: published.log_likelihood,

@@ -51,6 +51,10 @@ pub struct AgentStatus {
     /// Wall clock of the last decision (ms), 0 before the first.
     #[serde(rename = "lastDecisionMsec")]
     pub last_decision_msec: u64,
+    /// The process that made the last decision (a worker, or the single
+    /// process with `master_process off`); 0 before the first.
+    #[serde(rename = "lastDecisionPid")]
+    pub last_decision_pid: u64,
     /// GMM state of the last decision (policy mode).
     pub state: Option<usize>,
     /// Action of the last decision (policy mode).
@@ -170,10 +174,14 @@ pub struct PeerStatus {
     pub latency_hist: [u64; LATENCY_BUCKETS],
     /// Requests now at the peer.
     pub inflight: u64,
-    /// Peak-EWMA response time, ms: the latency `choose=p2c` compares
-    /// (0 before the first response).
+    /// Peak-EWMA time to the response header, ms, as `choose=p2c` reads
+    /// it now (decayed since the last sample; 0 before the first response).
     #[serde(rename = "latencyEwmaMsec")]
     pub latency_ewma_msec: f64,
+    /// Share multiplier of the peer's slow start (`slow_start=`): 1 when
+    /// it is not ramping, from 0.1 up while it is.
+    #[serde(rename = "slowStartFactor")]
+    pub slow_start_factor: f64,
     /// Requests per second since the last decision.
     pub rps: f64,
     /// Weight in force (the current action's).
@@ -431,6 +439,7 @@ mod tests {
                 h
             },
             inflight: 2,
+            slow_start_factor: 1.0,
             latency_ewma_msec: 11.25,
             rps: 50.5,
             weight: w,
@@ -447,6 +456,7 @@ mod tests {
                 policy: None,
                 decisions: 7,
                 last_decision_msec: 5,
+                last_decision_pid: 4242,
                 state: Some(3),
                 action: None,
                 log_likelihood: Some(-3.5),
