@@ -61,9 +61,11 @@ pub unsafe fn start_timers(cycle: *mut ngx_cycle_t) {
     }
     // SAFETY: ngx_pid is this process's pid, set before any module runs.
     let pid = unsafe { ngx_pid } as u64;
-    main.shard.set(view.claim_shard(pid));
+    let (shard, returned) = view.claim_shard(pid);
+    main.shard.set(shard);
     // SAFETY: the cycle log lives as long as the cycle.
     let log = unsafe { (*cycle).log };
+    log_handed_back(log, returned);
     if main.shard.get().is_none() {
         ngx_log_error!(
             NGX_LOG_WARN,
@@ -158,18 +160,21 @@ fn tick(main: &MainConf, agent: &AgentConf, log: *mut ngx_log_t) -> u64 {
     if let Some(dt) = slot.try_claim(now, agent.interval_ms) {
         // SAFETY: ngx_pid is this process's pid.
         let me = unsafe { ngx_pid } as u64;
-        let returned = view.reclaim_dead_shards(me);
-        if returned != 0 {
-            ngx_log_error!(
-                NGX_LOG_NOTICE,
-                log,
-                "deep_sched: {} requests counted in flight by exited processes were handed back",
-                returned
-            );
-        }
+        log_handed_back(log, view.reclaim_dead_shards(me));
         decide(agent, &view, dt, log);
     }
     slot.due_in(now).max(1)
+}
+
+fn log_handed_back(log: *mut ngx_log_t, returned: i64) {
+    if returned != 0 {
+        ngx_log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            "deep_sched: {} requests counted in flight by exited processes were handed back",
+            returned
+        );
+    }
 }
 
 fn snapshot(

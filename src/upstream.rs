@@ -493,10 +493,10 @@ unsafe fn p2c_pick(
                 .siblings
                 .get(i)
                 .map_or(0, |v| v.iter().map(|&j| view.peer(j).inflight()).sum());
+            let weight = (peer.effective_weight.max(1) as f64) * P2C_WEIGHT_SCALE;
             loads[i] = PeerLoad {
-                weight: ((peer.effective_weight.max(1) as f64) * P2C_WEIGHT_SCALE * ramp)
-                    .round()
-                    .max(1.0) as u32,
+                weight: weight as u32,
+                draw_weight: (weight * ramp).round().max(1.0) as u32,
                 inflight: s.inflight() + others,
                 latency_ewma_ms: s.latency_ms(now_ms),
                 eligible: true,

@@ -425,16 +425,18 @@ impl ZoneView {
     }
 
     /// Claims a shard for process `pid` (a free one, or one whose owner
-    /// is gone, after handing its counts back). `None` when all are taken.
-    pub fn claim_shard(&self, pid: u64) -> Option<usize> {
-        self.reclaim_dead_shards(pid);
-        (0..SHARDS).find(|&s| {
+    /// is gone, after handing its counts back: how many is the second
+    /// value). `None` when all are taken.
+    pub fn claim_shard(&self, pid: u64) -> (Option<usize>, i64) {
+        let returned = self.reclaim_dead_shards(pid);
+        let shard = (0..SHARDS).find(|&s| {
             self.shard(s)
                 .0
                 .owner
                 .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
-        })
+        });
+        (shard, returned)
     }
 
     /// Hands the in-flight counts of shards whose process is gone back to

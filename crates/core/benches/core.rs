@@ -45,6 +45,7 @@ fn bench_choose(c: &mut Criterion) {
         .enumerate()
         .map(|(i, &w)| PeerLoad {
             weight: w,
+            draw_weight: w,
             inflight: i as u64,
             latency_ewma_ms: 10.0,
             eligible: true,

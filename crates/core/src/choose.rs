@@ -25,8 +25,13 @@ use rand::Rng;
 /// What the per-request choice knows of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PeerLoad {
-    /// Current weight (≥ 1).
+    /// Current weight (≥ 1): what the peer can take, in the cost.
     pub weight: u32,
+    /// Weight of the draws (≥ 1): the weight times any slow-start factor.
+    /// Kept apart from the cost so a ramping peer is drawn less often but,
+    /// once drawn, judged by its load like any other (a factor in the cost
+    /// would make it lose every pairing until the ramp ends).
+    pub draw_weight: u32,
     /// Requests in flight (all workers).
     pub inflight: u64,
     /// Recent response time, ms: the peak EWMA ([`peak_ewma`]); 0 before
@@ -182,7 +187,7 @@ fn weighted_draw<R: Rng + ?Sized>(
             continue;
         }
         last = i;
-        let w = u64::from(p.weight.max(1));
+        let w = u64::from(p.draw_weight.max(1));
         if r < w {
             return i;
         }
@@ -216,7 +221,7 @@ pub fn p2c<R: Rng + ?Sized>(peers: &[PeerLoad], rng: &mut R) -> Option<usize> {
     let mut last = 0usize;
     for (i, p) in peers.iter().enumerate() {
         if p.eligible {
-            total += u64::from(p.weight.max(1));
+            total += u64::from(p.draw_weight.max(1));
             eligible += 1;
             last = i;
         }
@@ -227,7 +232,7 @@ pub fn p2c<R: Rng + ?Sized>(peers: &[PeerLoad], rng: &mut R) -> Option<usize> {
         _ => {}
     }
     let a = weighted_draw(peers, usize::MAX, total, rng);
-    let rest = total - u64::from(peers[a].weight.max(1));
+    let rest = total - u64::from(peers[a].draw_weight.max(1));
     let b = weighted_draw(peers, a, rest, rng);
     Some(if cost(&peers[b]) < cost(&peers[a]) {
         b
@@ -267,6 +272,7 @@ mod tests {
             .iter()
             .map(|&w| PeerLoad {
                 weight: w,
+                draw_weight: w,
                 inflight: 0,
                 latency_ewma_ms: 0.0,
                 eligible: true,
@@ -398,6 +404,24 @@ mod tests {
         );
     }
 
+    /// A ramping peer is drawn less often, not judged costlier: its share
+    /// follows the factor instead of dropping to zero.
+    #[test]
+    fn slow_start_scales_the_share_not_the_cost() {
+        let mut rng = SmallRng::seed_from_u64(11);
+        let mut share = |factor: f64| {
+            let mut peers = loads(&[64, 64, 64]);
+            peers[2].draw_weight = (64.0 * factor) as u32;
+            (0..30_000)
+                .filter(|_| p2c(&peers, &mut rng) == Some(2))
+                .count() as f64
+                / 30_000.0
+        };
+        let (low, mid, full) = (share(0.1), share(0.5), share(1.0));
+        assert!(low > 0.02 && low < mid && mid < full, "{low} {mid} {full}");
+        assert!((full - 1.0 / 3.0).abs() < 0.02, "{full}");
+    }
+
     #[test]
     fn a_new_weight_keeps_round_robins_back_off() {
         // weight 4, one failure with max_fails 2 took effective to 2
@@ -460,7 +484,7 @@ mod tests {
             let peers: Vec<PeerLoad> = peers
                 .into_iter()
                 .map(|(weight, inflight, latency_ewma_ms, eligible)| PeerLoad {
-                    weight, inflight, latency_ewma_ms, eligible,
+                    weight, draw_weight: weight, inflight, latency_ewma_ms, eligible,
                 })
                 .collect();
             let mut rng = SmallRng::seed_from_u64(seed);
