@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of deep_sched: installs what is missing, builds nginx and
 # the module into build/, checks formatting and lints, then runs the unit and
-# property tests of every crate and the end-to-end tests against a real nginx
+# property tests of every crate, the loom model check of the decision's
+# publication, and the end-to-end tests against a real nginx
 # (plus the container tests when a Docker engine is reachable), and the
 # quick demo (scripts/test-demo.sh).
 set -euo pipefail
@@ -21,6 +22,11 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --release --no-fail-fast 2>&1 | tee -a "$log" || status=1
 cargo test --release --manifest-path crates/core/fuzz/Cargo.toml 2>&1 | tee -a "$log" || status=1
+# The decision's publication protocol, model-checked with loom (every
+# interleaving and weak-memory outcome); its own target dir, since the cfg
+# changes every crate's build.
+RUSTFLAGS="--cfg loom" cargo test -p deep-sched-core --lib --target-dir target/loom publish 2>&1 \
+    | tee -a "$log" || status=1
 # The main job end to end (scripts/demo.sh --quick, ~3 min), checked.
 scripts/test-demo.sh 2>&1 | tee -a "$log" || status=1
 # One closing line over every test binary (cargo prints one per binary).
