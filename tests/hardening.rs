@@ -71,9 +71,11 @@ fn refuse_then_return(nginx: &Nginx, b: &[BackendHandle]) {
 /// latency at the failure penalty, and it never got a request again (0 of
 /// 200), not even after a reload. Now its estimate decays when read: it
 /// gets its share back within seconds, and again after a reload.
+/// Backends answer in 5 ms; `fail_timeout=1s` keeps nginx's own
+/// exclusion of a failed peer short of the 5 s window.
 #[test]
 fn p2c_gives_a_returning_peer_traffic_within_seconds() {
-    let b = backends(3, 8, 1.0);
+    let b = backends(3, 8, 5.0);
     let servers = server_lines(&b, &["fail_timeout=1s"; 3]);
     let conf = full_config(&http(&servers, "deep_sched choose=p2c interval=1s;"), 2);
     let nginx = Nginx::start(&conf);
@@ -81,6 +83,7 @@ fn p2c_gives_a_returning_peer_traffic_within_seconds() {
 
     refuse_then_return(&nginx, &b);
     let after = paced(&nginx, 300, Duration::from_secs(5));
+    eprintln!("returning peer, 300 requests over 5 s: {after:?}");
     assert_eq!(failures(&after), 0, "{after:?}");
     assert!(
         share(&after, "b3") >= 0.15,
@@ -95,6 +98,7 @@ fn p2c_gives_a_returning_peer_traffic_within_seconds() {
     b[2].set_mode(Mode::Normal);
     std::thread::sleep(Duration::from_millis(300));
     let after = paced(&nginx, 300, Duration::from_secs(5));
+    eprintln!("returning peer after a reload, 300 requests over 5 s: {after:?}");
     assert_eq!(failures(&after), 0, "{after:?}");
     assert!(
         share(&after, "b3") >= 0.15,
@@ -102,17 +106,18 @@ fn p2c_gives_a_returning_peer_traffic_within_seconds() {
     );
 }
 
-/// One 2 s response made peer 3 look 2 s slow for good under p2c.
+/// One 2 s response (5 ms × 400) made peer 3 look 2 s slow for good under
+/// p2c.
 #[test]
 fn p2c_forgets_a_single_slow_response() {
-    let b = backends(3, 8, 1.0);
+    let b = backends(3, 8, 5.0);
     let servers = server_lines(&b, &["", "", ""]);
     let nginx = Nginx::start(&full_config(
         &http(&servers, "deep_sched choose=p2c interval=1s;"),
         1,
     ));
     assert_eq!(failures(&spread(&nginx, 30)), 0);
-    b[2].set_slow(2000.0);
+    b[2].set_slow(400.0);
     let hit = (0..100).any(|_| nginx.get(READ).header("X-Backend") == Some("b3"));
     assert!(hit, "one request reached the slow peer");
     b[2].set_slow(1.0);
@@ -122,6 +127,7 @@ fn p2c_forgets_a_single_slow_response() {
         .unwrap();
     assert!(ewma > 500.0, "the slow response was recorded: {ewma}");
     let after = paced(&nginx, 300, Duration::from_secs(5));
+    eprintln!("after one 2 s response, 300 requests over 5 s: {after:?}");
     assert_eq!(failures(&after), 0, "{after:?}");
     assert!(share(&after, "b3") >= 0.15, "peer 3 back: {after:?}");
 }
@@ -159,6 +165,7 @@ fn slow_start_ramps_a_returning_peer() {
             "{choose}: the ramp ended"
         );
         let (e, l) = (share(&early, "b3"), share(&late, "b3"));
+        eprintln!("slow start, {choose}: first second {early:?}, after the ramp {late:?}");
         assert!(e > 0.0, "{choose}: some traffic at once: {early:?}");
         assert!(
             e < 0.6 * l && l > 0.25,
@@ -186,6 +193,7 @@ fn a_failed_peer_recovers_gradually_as_with_round_robin() {
     };
     let rr = run("");
     let ds = run("deep_sched explore weights=50 interval=200ms;");
+    eprintln!("recovering peer, 60 requests: round robin {rr}, deep_sched {ds}");
     // A full share would be 20 of 60.
     assert!(rr < 15, "round robin recovers gradually: {rr}");
     assert!(
@@ -273,6 +281,7 @@ fn in_flight_of_a_killed_worker_heals_within_an_interval() {
     );
     // And p2c spreads sequential requests evenly again.
     let even = spread(&nginx, 90);
+    eprintln!("killed worker: in flight {busy} before, then {healed:?}; 90 requests: {even:?}");
     for name in ["b1", "b2", "b3"] {
         let s = share(&even, name);
         assert!((0.2..=0.47).contains(&s), "{name}: {s:.2} of {even:?}");

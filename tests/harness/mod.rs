@@ -30,9 +30,13 @@ pub fn nginx_bin() -> PathBuf {
     p
 }
 
-/// `build/modules/ngx_http_deep_sched_module.so`.
+/// `build/modules/ngx_http_deep_sched_module.so`, or the module named by
+/// `DEEP_SCHED_MODULE_SO` (to run the same tests against another build,
+/// e.g. an older release for before/after numbers).
 pub fn module_so() -> PathBuf {
-    let p = root().join("build/modules/ngx_http_deep_sched_module.so");
+    let p = std::env::var_os("DEEP_SCHED_MODULE_SO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("build/modules/ngx_http_deep_sched_module.so"));
     assert!(
         p.exists(),
         "{} is missing: run scripts/build.sh first",
