@@ -32,6 +32,25 @@ use crate::config::{main_conf_of_cycle, AgentConf, MainConf};
 use crate::zone::{Published, ZoneView};
 use crate::{no_unwind, with_rng};
 
+thread_local! {
+    /// The decision timers alive in this process (any cycle).
+    static TIMERS: core::cell::RefCell<Vec<*mut ngx_event_t>> =
+        const { core::cell::RefCell::new(Vec::new()) };
+}
+
+/// After a reload in single-process mode: fire this process's timers at
+/// once, so the old cycle's hand over to the new cycle's without waiting
+/// for a whole old interval (which may be an hour).
+pub fn hurry_timers() {
+    TIMERS.with(|t| {
+        for &ev in t.borrow().iter() {
+            // SAFETY: the events in the list are alive (drop_timers removes
+            // them before freeing); ngx_add_timer moves a set timer.
+            unsafe { ngx_add_timer(ev, 1) };
+        }
+    });
+}
+
 /// One agent's decision timer in one process.
 #[repr(C)]
 struct AgentTimer {
@@ -92,6 +111,7 @@ pub unsafe fn start_timers(cycle: *mut ngx_cycle_t) {
         // SAFETY: the event lives in its box until the cycle's pool cleanup
         // deletes it from the timer tree and frees it.
         unsafe { ngx_add_timer(&mut t.ev, agent.interval_ms as ngx_msec_t) };
+        TIMERS.with(|l| l.borrow_mut().push(&mut t.ev));
         timers.push(t);
     }
     // SAFETY: the cycle's pool is live; the cleanup runs when the cycle is
@@ -116,6 +136,8 @@ unsafe extern "C" fn drop_timers(data: *mut c_void) {
         // SAFETY: data is the box start_timers leaked for this cleanup.
         let mut timers = unsafe { Box::from_raw(data as *mut Vec<Box<AgentTimer>>) };
         for t in timers.iter_mut() {
+            let ev: *mut ngx_event_t = &mut t.ev;
+            TIMERS.with(|l| l.borrow_mut().retain(|&e| e != ev));
             if t.ev.timer_set() != 0 {
                 // SAFETY: the event is in the timer tree.
                 unsafe { ngx_del_timer(&mut t.ev) };
@@ -233,7 +255,9 @@ fn decide(agent: &AgentConf, view: &ZoneView, dt_ms: u64, log: *mut ngx_log_t) {
     let in_force = current_weights(agent, view);
     let time_ms = wall_ms();
     let slot = view.agent(agent.index);
-    let seq = slot.epoch() + 1;
+    // Epoch 1 is the starting weights published with the zone, so the k-th
+    // decision is published as epoch k + 1 and numbered k.
+    let seq = slot.epoch();
     // Everything is computed before anything is published.
     let decision: Decision = {
         let mut decider = agent.decider.borrow_mut();

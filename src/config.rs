@@ -106,11 +106,6 @@ impl AgentConf {
         Decider::new(self.mode(), &self.key, names, configured)
     }
 
-    /// Total number of peers of the agent.
-    pub fn peer_count(&self) -> usize {
-        self.upstreams.iter().map(|u| u.peers.len()).sum()
-    }
-
     /// The upstream with policy index `index`.
     pub fn upstream(&self, index: usize) -> Option<&UpstreamConf> {
         self.upstreams.iter().find(|u| u.index == index)
@@ -124,8 +119,10 @@ pub struct MainConf {
     pub agents: Vec<AgentConf>,
     /// The shared zone (null when no upstream uses `deep_sched`).
     pub zone: *mut ngx_shm_zone_t,
-    /// The module's block in the zone, once mapped (null before).
-    pub block: *mut u8,
+    /// The module's block in the zone, once mapped (null before, and again
+    /// once a reload in this same process replaced the zone: nginx unmaps
+    /// it while this configuration may still serve requests).
+    pub block: Cell<*mut u8>,
     /// Total peer slots.
     pub total_peers: usize,
     /// Worker-local: the in-flight shard this process claimed in the zone.
@@ -158,7 +155,7 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
             cycle: unsafe { (*cf).cycle },
             agents: Vec::new(),
             zone: ptr::null_mut(),
-            block: ptr::null_mut(),
+            block: Cell::new(ptr::null_mut()),
             total_peers: 0,
             shard: Cell::new(None),
             timers_started: Cell::new(false),
@@ -188,6 +185,10 @@ pub fn main_conf_of_cycle(cycle: &ngx_cycle_t) -> Option<&MainConf> {
     // without an http block); its main_conf array holds ours, allocated in
     // the cycle's pool.
     unsafe {
+        if cycle.conf_ctx.is_null() {
+            // nginx's bootstrap cycle, before any configuration.
+            return None;
+        }
         let ctx = *cycle.conf_ctx.add(ngx_http_module.index) as *const ngx_http_conf_ctx_t;
         if ctx.is_null() {
             return None;

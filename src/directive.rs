@@ -247,6 +247,13 @@ pub unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
 }
 
 unsafe fn postconfiguration_inner(cf: *mut ngx_conf_t) -> ngx_int_t {
+    // A reload in single-process mode: let the running cycle's timers hand
+    // over to the new cycle's as soon as it is up (none exist elsewhere:
+    // the master and `nginx -t` run no timers).
+    // SAFETY: ngx_process is set before any configuration is read.
+    if unsafe { ngx::ffi::ngx_process } as u32 == ngx::ffi::NGX_PROCESS_SINGLE {
+        crate::agent::hurry_timers();
+    }
     // SAFETY: postconfiguration runs in the http block being finished; no
     // other reference to the main conf is live.
     let main = unsafe { main_conf_of_conf(&mut *cf) };

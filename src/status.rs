@@ -127,7 +127,8 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                 actions: p.actions().len(),
                 provenance: p.provenance_json(),
             }),
-            decisions: published.epoch,
+            // Epoch 1 is the starting weights, not a decision.
+            decisions: published.epoch.saturating_sub(1),
             last_decision_msec: published.last_decision_wall_ms,
             last_decision_pid: published.pid,
             state: published.state,

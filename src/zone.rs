@@ -40,7 +40,7 @@ use ngx::ffi::{
     ngx_slab_pool_t, NGX_ERROR, NGX_OK,
 };
 
-use crate::config::{pool_str, MainConf};
+use crate::config::{main_conf_of_cycle, pool_str, MainConf};
 use crate::no_unwind;
 
 /// In-flight shards in the zone: enough for every worker of a few
@@ -366,8 +366,9 @@ fn shard_size(peers: usize) -> usize {
 impl ZoneView {
     /// The view of `main`'s block, once the zone is mapped.
     pub fn of(main: &MainConf) -> Option<ZoneView> {
-        (!main.block.is_null()).then_some(ZoneView {
-            base: main.block,
+        let base = main.block.get();
+        (!base.is_null()).then_some(ZoneView {
+            base,
             agents: main.agents.len(),
             peers: main.total_peers,
         })
@@ -542,7 +543,8 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
                 ptr::write_bytes(block, 0, bytes);
                 (*shpool).data = block.cast();
             }
-            main.block = block;
+            main.block.set(block);
+            retire_previous_zone(main, zone);
             let Some(view) = ZoneView::of(main) else {
                 return NGX_ERROR as ngx_int_t;
             };
@@ -557,6 +559,28 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
             NGX_OK as ngx_int_t
         }
     })
+}
+
+/// A reload in this process (`master_process off`): when the running
+/// configuration's zone is not the one the new configuration keeps, nginx
+/// unmaps it once the new cycle is up, while the old configuration may
+/// still serve requests (and its status page). It then stops using the
+/// zone. In master mode the master never serves, and old workers keep their
+/// own mapping.
+unsafe fn retire_previous_zone(new: &MainConf, zone: *mut ngx_shm_zone_t) {
+    // SAFETY: during a reload ngx_cycle is still the running cycle, whose
+    // configuration is live; its zone entry lives in its pool.
+    unsafe {
+        let Some(old) = main_conf_of_cycle(&*ngx::ffi::ngx_cycle) else {
+            return;
+        };
+        if ptr::eq(old, new) || old.zone.is_null() {
+            return;
+        }
+        if (*old.zone).shm.name.as_bytes() != (*zone).shm.name.as_bytes() {
+            old.block.set(ptr::null_mut());
+        }
+    }
 }
 
 /// First mapping of a fresh zone: publish the starting weights (the

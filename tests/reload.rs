@@ -920,3 +920,34 @@ fn status_names_the_deciding_process() {
         cmdline(pid)
     );
 }
+
+/// `master_process off`, a reload from `interval=1h` to `300ms` with a new
+/// layout: the old cycle's timer, due in an hour, is fired at once so the
+/// new cycle's agents start deciding within about one new interval (they
+/// waited for the old hour before).
+#[test]
+fn single_process_reload_from_a_long_interval_resumes_at_once() {
+    let b = backends(4, 8, 1.0);
+    let nginx = Nginx::start(&single(&single_http(&b[..3], None, "1h")));
+    // Let the process settle, then reload to the new layout and interval.
+    std::thread::sleep(Duration::from_millis(300));
+    let reloaded = Instant::now();
+    nginx.reload_with(&single(&single_http(&b, None, "300ms")));
+    let resumed = wait_for(Duration::from_secs(5), || {
+        assert_alive(&nginx, "after the reload");
+        (!layout_lines(&nginx, "logs/samples.jsonl", 4).is_empty()).then(|| reloaded.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no decision for the new layout within 5 s of the reload\nerror log:\n{}",
+            nginx.error_log()
+        )
+    });
+    eprintln!("first decision of the new cycle {resumed:?} after the reload");
+    assert!(
+        resumed <= Duration::from_millis(1500),
+        "decisions resumed {resumed:?} after the reload (about 300 ms expected)"
+    );
+    let bad = bad_log_lines(&nginx.error_log()).join("\n");
+    assert!(bad.is_empty(), "error log:\n{bad}");
+}
