@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# Request-rate overhead of deep_sched against nginx's round robin.
+# Per-request cost of deep_sched against nginx's own balancers, as a matrix:
+# worker_processes x number of peers x balancer.
 #
-# One nginx serves three trivial backends (return 200 on 127.0.0.1:18081-3,
-# the peers of policies/examples/three-peers.json) and proxies to them
-# through an upstream that is either plain round robin or
-# `deep_sched three-peers.json interval=1s`. wrk drives each variant in
-# turn, interleaved, ROUNDS times; the medians and their ratio go to
-# BENCHMARKS.md (section "module overhead").
+# One nginx serves eight trivial backends (`return 200` on 127.0.0.1:18081-8)
+# and proxies to them over keepalive through one upstream of N peers (the
+# eight addresses in turn; duplicates are allowed by nginx and each is its
+# own peer), with the upstream's `zone`. Balancers:
+#   round robin, least_conn, random two least_conn, hash $request_uri
+#   consistent, least_time header (only with LEAST_TIME_NGINX, an nginx >=
+#   1.31), deep_sched observe (`deep_sched;`), and deep_sched with a decision
+#   every second (`explore weights=1`: the weights are republished each
+#   interval, the same request path as a policy) under choose=wrr and
+#   choose=p2c.
+# wrk drives every balancer of one (workers, peers) point in turn, ROUNDS
+# times interleaved; requests/s and the nginx workers' CPU per request (from
+# /proc) go to BENCHMARKS.md ("module overhead"), medians with min-max, and
+# each deep_sched variant's ratio to round robin of the same round.
 #
-#   scripts/bench-overhead.sh [ROUNDS=7] [SECONDS=8]
+#   scripts/bench-overhead.sh [ROUNDS=3] [SECONDS=5]
+#   WORKERS="1 2" PEERS="3 64 256 1024" LEAST_TIME_NGINX=/path/to/nginx-1.31/objs/nginx
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-7}
-secs=${2:-8}
+rounds=${1:-3}
+secs=${2:-5}
+workers_list=${WORKERS:-1 2}
+peers_list=${PEERS:-3 64 256 1024}
+lt_nginx=${LEAST_TIME_NGINX:-}
 scripts/deps.sh
 [[ -x build/sbin/nginx && -f build/modules/ngx_http_deep_sched_module.so ]] || scripts/build.sh --module-only
 
@@ -24,12 +37,30 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$work/logs"
-cp policies/examples/three-peers.json "$work/policy.json"
 
-conf() { # $1 = balancer line
+names=(rr least_conn random2 hash observe wrr p2c)
+declare -A line=(
+    [rr]=""
+    [least_conn]="least_conn;"
+    [random2]="random two least_conn;"
+    [hash]="hash \$request_uri consistent;"
+    [observe]="deep_sched;"
+    [wrr]="deep_sched explore weights=1 interval=1s choose=wrr;"
+    [p2c]="deep_sched explore weights=1 interval=1s choose=p2c;"
+    [least_time]="least_time header;"
+)
+if [[ -n "$lt_nginx" ]]; then
+    names+=(least_time)
+fi
+
+conf() { # $1 = balancer line, $2 = workers, $3 = peers, $4 = load_module line
+    local servers="" i
+    for ((i = 0; i < $3; i++)); do
+        servers+="        server 127.0.0.1:$((18081 + i % 8));"$'\n'
+    done
     cat <<CONF
-load_module $PWD/build/modules/ngx_http_deep_sched_module.so;
-worker_processes 1;
+$4
+worker_processes $2;
 daemon off;
 error_log logs/error.log warn;
 pid logs/nginx.pid;
@@ -37,15 +68,16 @@ events { worker_connections 4096; }
 http {
     access_log off;
     upstream backend {
-        server 127.0.0.1:18081;
-        server 127.0.0.1:18082;
-        server 127.0.0.1:18083;
-        $1
+$servers        $1
+        zone backend 8m;
         keepalive 64;
     }
-    server { listen 127.0.0.1:18081; location / { return 200 "b1"; } }
-    server { listen 127.0.0.1:18082; location / { return 200 "b2"; } }
-    server { listen 127.0.0.1:18083; location / { return 200 "b3"; } }
+    server {
+        listen 127.0.0.1:18081; listen 127.0.0.1:18082; listen 127.0.0.1:18083;
+        listen 127.0.0.1:18084; listen 127.0.0.1:18085; listen 127.0.0.1:18086;
+        listen 127.0.0.1:18087; listen 127.0.0.1:18088;
+        location / { return 200 "ok"; }
+    }
     server {
         listen 127.0.0.1:18080;
         proxy_http_version 1.1;
@@ -56,22 +88,26 @@ http {
 CONF
 }
 
-cpu_ticks() { # utime + stime of a process, in clock ticks
-    awk '{print $14 + $15}' "/proc/$1/stat"
+cpu_ticks() { # utime + stime of the given processes, in clock ticks
+    local t=0 p
+    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$t"
 }
 
-run() { # $1 = balancer line; prints "requests/s cpu-µs-per-request"
-    conf "$1" > "$work/nginx.conf"
-    build/sbin/nginx -p "$work" -c "$work/nginx.conf" &
+run() { # $1 = balancer name, $2 = workers, $3 = peers; prints "requests/s cpu-us-per-request"
+    local bin=build/sbin/nginx load="load_module $PWD/build/modules/ngx_http_deep_sched_module.so;"
+    if [[ $1 == least_time ]]; then bin=$lt_nginx; load=""; fi
+    conf "${line[$1]}" "$2" "$3" "$load" > "$work/nginx.conf"
+    "$bin" -p "$work" -c "$work/nginx.conf" &
     pid=$!
-    for _ in $(seq 50); do curl -fs -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
+    for _ in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.1; done
     wrk -t1 -c32 -d1s http://127.0.0.1:18080/ >/dev/null   # warm up
-    local worker out t0 t1 hz
-    worker=$(pgrep -P "$pid" | head -n 1)
+    local workers out t0 t1 hz
+    mapfile -t workers < <(pgrep -P "$pid")
     hz=$(getconf CLK_TCK)
-    t0=$(cpu_ticks "$worker")
+    t0=$(cpu_ticks "${workers[@]}")
     out=$(wrk -t1 -c32 -d"${secs}s" http://127.0.0.1:18080/)
-    t1=$(cpu_ticks "$worker")
+    t1=$(cpu_ticks "${workers[@]}")
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
     awk -v t0="$t0" -v t1="$t1" -v hz="$hz" '
         /requests in/ {n = $1}
@@ -79,40 +115,58 @@ run() { # $1 = balancer line; prints "requests/s cpu-µs-per-request"
         END {printf "%s %.3f\n", rps, (t1 - t0) / hz * 1e6 / n}' <<<"$out"
 }
 
-rr=(); ds=(); rr_cpu=(); ds_cpu=()
-for i in $(seq "$rounds"); do
-    read -r r c <<<"$(run '')"; rr+=("$r"); rr_cpu+=("$c")
-    read -r r c <<<"$(run "deep_sched $work/policy.json interval=1s;")"; ds+=("$r"); ds_cpu+=("$c")
-    echo "round $i: round robin ${rr[-1]} req/s ${rr_cpu[-1]} us/req, deep_sched ${ds[-1]} req/s ${ds_cpu[-1]} us/req" >&2
-done
+med() { # median min max of the arguments, with printf format $1
+    local fmt=$1; shift
+    printf '%s\n' "$@" | sort -g | awk -v f="$fmt" '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf f" "f" "f, m, a[1], a[NR]}'
+}
 
-stats() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.0f %.0f %.0f", m, a[1], a[NR]}'; }
-read -r rr_med rr_min rr_max <<<"$(stats "${rr[@]}")"
-read -r ds_med ds_min ds_max <<<"$(stats "${ds[@]}")"
-ratios=(); for i in "${!rr[@]}"; do ratios+=("$(awk -v a="${ds[$i]}" -v b="${rr[$i]}" 'BEGIN{printf "%.4f", a/b}')"); done
-med3() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f %.3f %.3f", m, a[1], a[NR]}'; }
-read -r q_med q_min q_max <<<"$(med3 "${ratios[@]}")"
-read -r rc_med rc_min rc_max <<<"$(med3 "${rr_cpu[@]}")"
-read -r dc_med dc_min dc_max <<<"$(med3 "${ds_cpu[@]}")"
-cratios=(); for i in "${!rr_cpu[@]}"; do cratios+=("$(awk -v a="${ds_cpu[$i]}" -v b="${rr_cpu[$i]}" 'BEGIN{printf "%.4f", a/b}')"); done
-read -r c_med c_min c_max <<<"$(med3 "${cratios[@]}")"
+rows=""
+for w in $workers_list; do
+    for n in $peers_list; do
+        declare -A rps=() cpu=()
+        for ((r = 1; r <= rounds; r++)); do
+            for b in "${names[@]}"; do
+                read -r q c <<<"$(run "$b" "$w" "$n")"
+                rps[$b]+="$q "; cpu[$b]+="$c "
+                echo "workers $w, peers $n, round $r: $b $q req/s $c us/req" >&2
+            done
+        done
+        read -r -a rr_q <<<"${rps[rr]}"
+        read -r -a rr_c <<<"${cpu[rr]}"
+        for b in "${names[@]}"; do
+            read -r -a q <<<"${rps[$b]}"
+            read -r -a c <<<"${cpu[$b]}"
+            qr=(); cr=()
+            for i in "${!q[@]}"; do
+                qr+=("$(awk -v a="${q[$i]}" -v b="${rr_q[$i]}" 'BEGIN{printf "%.4f", a/b}')")
+                cr+=("$(awk -v a="${c[$i]}" -v b="${rr_c[$i]}" 'BEGIN{printf "%.4f", a/b}')")
+            done
+            read -r qm qlo qhi <<<"$(med %.0f "${q[@]}")"
+            read -r cm clo chi <<<"$(med %.2f "${c[@]}")"
+            read -r qrm qrlo qrhi <<<"$(med %.3f "${qr[@]}")"
+            read -r crm crlo crhi <<<"$(med %.3f "${cr[@]}")"
+            rows+="| $w | $n | $b | $qm ($qlo–$qhi) | $cm ($clo–$chi) | $qrm ($qrlo–$qrhi) | $crm ($crlo–$crhi) |"$'\n'
+        done
+        unset rps cpu
+    done
+done
 
 section=$(cat <<MD
 ## module overhead
 
-Command: \`scripts/bench-overhead.sh $rounds $secs\` ($(date -u +%Y-%m-%d), $(nproc) cores, shared machine).
-One nginx worker proxies to three \`return 200\` servers over keepalive; wrk
-\`-t1 -c32\` for ${secs} s per run; round robin and \`deep_sched POLICY interval=1s\`
-interleaved, $rounds rounds.
+Command: \`WORKERS="$workers_list" PEERS="$peers_list" scripts/bench-overhead.sh $rounds $secs\`$( [[ -n "$lt_nginx" ]] && echo " with \`LEAST_TIME_NGINX\` ($("$lt_nginx" -v 2>&1 | sed 's/.*\///'))" )
+($(date -u +%Y-%m-%d), $(nproc) cores, shared machine, $(build/sbin/nginx -v 2>&1 | sed 's/.*\///') from \`scripts/build.sh\`).
+nginx proxies over keepalive to eight \`return 200\` servers of its own through
+one upstream of N peers (the eight addresses in turn) with a \`zone\`; wrk
+\`-t1 -c32\` for ${secs} s per run on the same two cores; all balancers of a row
+group interleaved, $rounds rounds. CPU is the nginx workers' user+system time
+per request from \`/proc\`. Ratios are to round robin of the same round
+(targets: requests/s ≥ 0.97, CPU ≤ 1.05). \`wrr\` and \`p2c\` republish the
+weights every second (\`explore weights=1\`), the request path of a policy.
 
-| balancer | median req/s | min | max | nginx worker CPU µs/request (median, min–max) |
-| --- | ---: | ---: | ---: | ---: |
-| round robin | $rr_med | $rr_min | $rr_max | $rc_med ($rc_min–$rc_max) |
-| deep_sched (policy, wrr) | $ds_med | $ds_min | $ds_max | $dc_med ($dc_min–$dc_max) |
-
-Per-round ratio deep_sched / round robin of requests/s: median **$q_med** (min $q_min, max $q_max); target ≥ 0.97.
-Per-round ratio of worker CPU per request (less sensitive to the other tenants of
-the machine): median **$c_med** (min $c_min, max $c_max); ≤ 1.03 is the same target.
+| workers | peers | balancer | req/s median (min–max) | worker CPU µs/request | req/s ÷ round robin | CPU ÷ round robin |
+| ---: | ---: | --- | ---: | ---: | ---: | ---: |
+$rows
 MD
 )
 scripts/bench-section.sh "module overhead" "$section"

@@ -13,22 +13,21 @@ use core::ffi::{c_char, c_void};
 use core::ptr;
 use std::sync::Arc;
 
+use deep_sched_core::choose::PeerLoad;
 use deep_sched_core::decision::{Decider, Mode};
 use deep_sched_core::directive::{ChooseArg, DirectiveArgs, ModeArg};
+use deep_sched_core::draw::DrawTable;
 use deep_sched_core::policy::Policy;
 use ngx::core::Pool;
 use ngx::ffi::{
     ngx_conf_t, ngx_cycle_t, ngx_http_conf_ctx_t, ngx_http_module, ngx_http_request_t,
-    ngx_http_upstream_module, ngx_http_upstream_srv_conf_t, ngx_open_file_t, ngx_shm_zone_t,
-    ngx_str_t, NGX_LOG_EMERG,
+    ngx_http_upstream_module, ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t,
+    ngx_open_file_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_EMERG,
 };
 use ngx::ngx_conf_log_error;
+use rustc_hash::FxHashMap;
 
 use crate::{module, no_unwind};
-
-/// Most primary peers one upstream may have under `deep_sched` (the per
-/// request paths use fixed stack arrays of this size).
-pub const MAX_PEERS: usize = 64;
 
 /// One upstream block of an agent.
 pub struct UpstreamConf {
@@ -52,6 +51,31 @@ pub struct UpstreamConf {
     pub applied_epoch: Cell<u64>,
     /// Set once `init_upstream` ran for this upstream.
     pub initialised: bool,
+    /// Worker-local: what the request path reuses (built on a worker's
+    /// first request of the cycle, then once per decision).
+    pub local: RefCell<UpstreamLocal>,
+}
+
+/// Worker-local state of an upstream, so a request allocates nothing and
+/// finds things in O(1).
+#[derive(Default)]
+pub struct UpstreamLocal {
+    /// The primary peers by index, as this worker sees the list (with a
+    /// `zone`, nginx's copy in shared memory; the links never change at run
+    /// time).
+    pub peers: Vec<*mut ngx_http_upstream_rr_peer_t>,
+    /// Peer address → index: which slot round robin's pick is, in O(1).
+    /// (`FxHashMap`: the keys are pointers, no attacker chooses them.)
+    pub index: FxHashMap<usize, usize>,
+    /// The weights in force as an alias table for `choose=p2c` (rebuilt
+    /// when a decision is applied).
+    pub draw: Option<DrawTable>,
+    /// Scratch: the weights read from the zone.
+    pub weights: Vec<u32>,
+    /// Scratch: the loads of the fallback scan of `choose=p2c`.
+    pub loads: Vec<PeerLoad>,
+    /// Scratch: peers held back for slow start during one pick.
+    pub masked: Vec<usize>,
 }
 
 /// A set of upstreams deciding together.

@@ -208,6 +208,7 @@ unsafe fn deep_sched_inner(cf: *mut ngx_conf_t, scf: &mut SrvConf) -> *mut c_cha
         index,
         applied_epoch: Cell::new(0),
         initialised: false,
+        local: Default::default(),
     });
     agent.upstreams.sort_by_key(|u| u.index);
     scf.agent = agent_index;

@@ -18,20 +18,23 @@
 use core::ffi::c_void;
 use core::ptr;
 
-use deep_sched_core::choose::{p2c, scale_effective_weight, slow_start_factor, PeerLoad};
-use deep_sched_core::directive::{ChooseArg, ModeArg};
+use deep_sched_core::choose::{
+    p2c, p2c_second, scale_effective_weight, slow_start_factor, PeerLoad,
+};
+use deep_sched_core::directive::{ChooseArg, ModeArg, MAX_WEIGHT};
+use deep_sched_core::draw::{p2c_drawn, DrawTable, Drawn, Pick};
 use ngx::core::Pool;
 use ngx::ffi::{
     ngx_conf_t, ngx_current_msec, ngx_http_request_t, ngx_http_upstream_free_round_robin_peer,
     ngx_http_upstream_get_round_robin_peer, ngx_http_upstream_init_round_robin,
     ngx_http_upstream_init_round_robin_peer, ngx_http_upstream_rr_peer_data_t,
     ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_peer_connection_t, ngx_rwlock_unlock, ngx_rwlock_wlock, ngx_str_t, ngx_uint_t,
-    NGX_BUSY, NGX_ERROR, NGX_LOG_EMERG, NGX_OK, NGX_PEER_FAILED,
+    ngx_int_t, ngx_peer_connection_t, ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_rwlock_wlock,
+    ngx_str_t, ngx_uint_t, NGX_BUSY, NGX_ERROR, NGX_LOG_EMERG, NGX_OK, NGX_PEER_FAILED,
 };
 use ngx::ngx_conf_log_error;
 
-use crate::config::{srv_conf, AgentConf, MainConf, UpstreamConf, MAX_PEERS};
+use crate::config::{srv_conf, AgentConf, MainConf, UpstreamConf, UpstreamLocal};
 use crate::zone::{TryOutcome, ZoneView};
 use crate::{module, no_unwind, with_rng};
 
@@ -72,6 +75,17 @@ impl PeersLock {
         unsafe {
             if !(*peers).shpool.is_null() {
                 ngx_rwlock_wlock(&mut (*peers).rwlock);
+            }
+        }
+        Self(peers)
+    }
+
+    /// The read lock (several workers may hold it at once).
+    unsafe fn read(peers: *mut ngx_http_upstream_rr_peers_t) -> Self {
+        // SAFETY: peers is a live rr peers list.
+        unsafe {
+            if !(*peers).shpool.is_null() {
+                ngx_rwlock_rlock(&mut (*peers).rwlock);
             }
         }
         Self(peers)
@@ -173,17 +187,6 @@ unsafe fn init_upstream_inner(
             .push(u32::try_from(p.weight).unwrap_or(1).max(1));
         up.max_fails.push(u32::try_from(p.max_fails).unwrap_or(1));
     }
-    if up.peers.len() > MAX_PEERS {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "upstream \"{}\" has {} peers; deep_sched supports at most {}",
-            up.name,
-            up.peers.len(),
-            MAX_PEERS
-        );
-        return NGX_ERROR as ngx_int_t;
-    }
     if let Some(policy) = policy {
         let names: Vec<&str> = up.peers.iter().map(String::as_str).collect();
         if let Err(e) = policy.check_upstream(&up.name, &names) {
@@ -257,16 +260,47 @@ unsafe fn init_peer_inner(
 #[repr(C, align(8))]
 struct PeerDataRaw([u8; core::mem::size_of::<PeerData>()]);
 
+/// This worker's per-upstream state, built on its first request of the
+/// cycle (the list is final by then: with a `zone`, nginx copied it into
+/// shared memory at start-up): the peers by index, their index by address,
+/// the scratch buffers, and the draw table of the configured weights.
+unsafe fn ensure_local(
+    local: &mut UpstreamLocal,
+    up: &UpstreamConf,
+    primary: *mut ngx_http_upstream_rr_peers_t,
+) {
+    if !local.peers.is_empty() || up.peers.is_empty() {
+        return;
+    }
+    // SAFETY: primary is the live primary list; its links never change
+    // at run time (no `resolve` under deep_sched).
+    local.peers = unsafe { peers_iter(primary) }
+        .take(up.peers.len())
+        .collect();
+    local.index = local
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (p as usize, i))
+        .collect();
+    local.weights = vec![0; local.peers.len()];
+    local.loads = vec![PeerLoad::default(); local.peers.len()];
+    local.masked = Vec::with_capacity(local.peers.len());
+    local.draw = Some(DrawTable::new(&up.configured_weights));
+}
+
 /// Applies the agent's published weights to the primary peers when a new
 /// decision was published since this worker last looked. Round robin's
 /// failure back-off (`effective_weight` below `weight`) is kept in
-/// proportion. A read that keeps meeting the writer changes nothing: the
-/// next request tries again.
+/// proportion, and `choose=p2c`'s draw table is rebuilt. A read that keeps
+/// meeting the writer changes nothing: the next request tries again.
 unsafe fn sync_weights(
     agent: &AgentConf,
     up: &UpstreamConf,
+    local: &mut UpstreamLocal,
     view: &ZoneView,
     peers: *mut ngx_http_upstream_rr_peers_t,
+    choose: ChooseArg,
 ) {
     if matches!(agent.args.mode, ModeArg::Observe) {
         // Observe only: nginx's own weights, untouched (so failures reduce
@@ -277,23 +311,22 @@ unsafe fn sync_weights(
     if slot.epoch() == up.applied_epoch.get() {
         return;
     }
-    let n = up.peers.len().min(MAX_PEERS);
-    let mut weights = [0u32; MAX_PEERS];
+    let weights = &mut local.weights;
     let Some(published) = slot.read(|b| {
-        for (i, w) in weights.iter_mut().enumerate().take(n) {
+        for (i, w) in weights.iter_mut().enumerate() {
             *w = view.peer(up.slot_base + i).weight[b].load(core::sync::atomic::Ordering::Relaxed);
         }
     }) else {
         return;
     };
-    // SAFETY: peers is the live primary list; the write lock is held while
-    // weights change (as nginx's own code does).
+    // SAFETY: the write lock is held while weights change (as nginx's own
+    // code does); local.peers are the live primary peers.
     unsafe {
         let _lock = PeersLock::write(peers);
         let mut total = 0;
-        for (i, p) in peers_iter(peers).enumerate().take(n) {
+        for (&p, &w) in local.peers.iter().zip(weights.iter()) {
             let p = &mut *p;
-            let w = weights[i].min(deep_sched_core::directive::MAX_WEIGHT) as ngx_int_t;
+            let w = w.min(MAX_WEIGHT) as ngx_int_t;
             if w > 0 {
                 p.effective_weight =
                     scale_effective_weight(p.effective_weight as i64, p.weight as i64, w as i64)
@@ -305,6 +338,10 @@ unsafe fn sync_weights(
         (*peers).total_weight = total;
         (*peers).set_weighted(1);
     }
+    if choose == ChooseArg::P2c {
+        // Once per decision and worker: the only allocation outside start-up.
+        local.draw = Some(DrawTable::new(&local.weights));
+    }
     up.applied_epoch.set(published.epoch);
 }
 
@@ -312,16 +349,16 @@ unsafe fn sync_weights(
 enum Plan {
     /// p2c charged this peer (index in the primary list).
     Picked(usize),
-    /// Round robin picks; `masked` peers (bits of the primary list) were
-    /// held back for slow start and must be released afterwards.
-    RoundRobin { masked: u64 },
+    /// Round robin picks; when `masked`, peers held back for slow start
+    /// (in the upstream's `local.masked`) must be released afterwards.
+    RoundRobin { masked: bool },
 }
 
 unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
     // SAFETY: data is the PeerData set in init_peer; pc is live.
     let pd = unsafe { &mut *(data as *mut PeerData) };
     // Nothing is charged yet: a panic here falls back to round robin.
-    let plan = no_unwind(Plan::RoundRobin { masked: 0 }, || {
+    let plan = no_unwind(Plan::RoundRobin { masked: false }, || {
         // SAFETY: pc and pd are live.
         unsafe { plan_pick(pc, pd) }
     });
@@ -331,9 +368,9 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
             // SAFETY: pc and rrp are live.
             let mut rc =
                 unsafe { ngx_http_upstream_get_round_robin_peer(pc, (&raw mut pd.rrp).cast()) };
-            if masked != 0 {
+            if masked {
                 // SAFETY: the bits were set by plan_pick on this list.
-                unsafe { unmask(pd, masked) };
+                no_unwind((), || unsafe { unmask(pd) });
                 if rc == NGX_BUSY as ngx_int_t {
                     // Only ramping peers were left: better them than a 502.
                     // SAFETY: as above.
@@ -357,20 +394,24 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
 
 /// The module's part of a pick, before any peer is charged.
 unsafe fn plan_pick(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> Plan {
-    let rr = Plan::RoundRobin { masked: 0 };
+    let rr = Plan::RoundRobin { masked: false };
     // SAFETY: main conf of the cycle this request belongs to.
     let main = unsafe { &*pd.main };
     let agent = &main.agents[pd.agent];
     let (Some(up), Some(view)) = (agent.upstream(pd.upstream), ZoneView::of(main)) else {
         return rr;
     };
+    let mut local = up.local.borrow_mut();
     // SAFETY: primary is the live primary peer list of this upstream.
-    unsafe { sync_weights(agent, up, &view, pd.primary) };
+    unsafe {
+        ensure_local(&mut local, up, pd.primary);
+        sync_weights(agent, up, &mut local, &view, pd.primary, pd.choose);
+    }
     // SAFETY: ngx_current_msec is the event loop's clock.
     let now = unsafe { ngx_current_msec } as u64;
     match pd.choose {
         // SAFETY: pc and rrp are live.
-        ChooseArg::P2c => match unsafe { p2c_pick(pc, pd, agent, up, &view, now) } {
+        ChooseArg::P2c => match unsafe { p2c_pick(pc, pd, agent, up, &mut local, &view, now) } {
             Some(i) => Plan::Picked(i),
             None => rr,
         },
@@ -386,7 +427,7 @@ unsafe fn plan_pick(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> Plan {
             }
             // SAFETY: rrp and the primary list are live.
             Plan::RoundRobin {
-                masked: unsafe { mask_ramping(pd, agent, up, &view, now) },
+                masked: unsafe { mask_ramping(pd, agent, up, &mut local, &view, now) },
             }
         }
     }
@@ -395,20 +436,21 @@ unsafe fn plan_pick(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> Plan {
 /// Slow start under round robin: each peer in slow start is held back from
 /// this pick (marked tried) with probability `1 − factor`, so its share is
 /// about `factor` of its weight's. Not with backups (round robin would move
-/// on to them rather than to a ramping primary).
+/// on to them rather than to a ramping primary). Returns whether any was.
 unsafe fn mask_ramping(
     pd: &mut PeerData,
     agent: &AgentConf,
     up: &UpstreamConf,
+    local: &mut UpstreamLocal,
     view: &ZoneView,
     now: u64,
-) -> u64 {
+) -> bool {
+    local.masked.clear();
     // SAFETY: primary is live; `next` is its backup list.
     if pd.rrp.peers != pd.primary || unsafe { !(*pd.primary).next.is_null() } {
-        return 0;
+        return false;
     }
-    let mut masked = 0u64;
-    for i in 0..up.peers.len().min(64) {
+    for i in 0..local.peers.len() {
         let since = view
             .peer(up.slot_base + i)
             .slow_start_since_ms
@@ -418,35 +460,97 @@ unsafe fn mask_ramping(
         if f < 1.0 && unsafe { !tried(&pd.rrp, i) } && with_rng(rand::Rng::gen::<f64>) >= f {
             // SAFETY: as above.
             unsafe { set_tried(&mut pd.rrp, i, true) };
-            masked |= 1 << i;
+            local.masked.push(i);
         }
     }
-    masked
+    !local.masked.is_empty()
 }
 
-unsafe fn unmask(pd: &mut PeerData, masked: u64) {
-    for i in 0..64 {
-        if masked & (1 << i) != 0 {
-            // SAFETY: the bits were set on the primary list's bitmap, which
-            // round robin only resets when it moves to backups (never with
-            // a mask: see mask_ramping).
-            unsafe { set_tried(&mut pd.rrp, i, false) };
-        }
+unsafe fn unmask(pd: &mut PeerData) {
+    // SAFETY: main conf of the cycle this request belongs to.
+    let main = unsafe { &*pd.main };
+    let Some(up) = main.agents[pd.agent].upstream(pd.upstream) else {
+        return;
+    };
+    for &i in &up.local.borrow().masked {
+        // SAFETY: the bits were set on the primary list's bitmap, which
+        // round robin only resets when it moves to backups (never with a
+        // mask: see mask_ramping).
+        unsafe { set_tried(&mut pd.rrp, i, false) };
     }
+}
+
+/// Whether round robin would consider peer `i` now, and the peer.
+unsafe fn eligible(
+    pd: &PeerData,
+    p: *mut ngx_http_upstream_rr_peer_t,
+    i: usize,
+    now: ngx::ffi::time_t,
+) -> bool {
+    // SAFETY: p is a live peer of the primary list, read under its lock.
+    let peer = unsafe { &*p };
+    let failed = peer.max_fails != 0
+        && peer.fails >= peer.max_fails
+        && now - peer.checked <= peer.fail_timeout;
+    let full = peer.max_conns != 0 && peer.conns >= peer.max_conns;
+    // SAFETY: the bitmap covers the primary list.
+    !unsafe { tried(&pd.rrp, i) } && peer.down == 0 && !failed && !full
+}
+
+/// What p2c knows of peer `i`: its load (weight = round robin's
+/// `effective_weight`) and the share multiplier of its draws.
+fn peer_load(
+    peer: &ngx_http_upstream_rr_peer_t,
+    i: usize,
+    agent: &AgentConf,
+    up: &UpstreamConf,
+    view: &ZoneView,
+    now_ms: u64,
+) -> (PeerLoad, f64) {
+    let s = view.peer(up.slot_base + i);
+    let ramp = slow_start_factor(
+        now_ms,
+        s.slow_start_since_ms
+            .load(core::sync::atomic::Ordering::Relaxed),
+        agent.args.slow_start_ms,
+    );
+    let others: u64 = up
+        .siblings
+        .get(i)
+        .map_or(0, |v| v.iter().map(|&j| view.peer(j).inflight()).sum());
+    let eff = peer.effective_weight.max(1) as f64;
+    let weight = eff * P2C_WEIGHT_SCALE;
+    let load = PeerLoad {
+        weight: weight as u32,
+        draw_weight: (weight * ramp).round().max(1.0) as u32,
+        inflight: s.inflight() + others,
+        latency_ewma_ms: s.latency_ms(now_ms),
+        eligible: true,
+    };
+    // The table draws by the published weight; keep the draw with the
+    // share of it the peer has now.
+    let accept = ramp * (eff / peer.weight.max(1) as f64).min(1.0);
+    (load, accept)
 }
 
 /// Power of two choices among the eligible primary peers, charging the
 /// chosen one as round robin would; `None` when none is eligible (the
 /// caller then lets round robin try the backups).
+///
+/// Two draws from the decision's alias table under the peers' *read* lock,
+/// reading only the drawn peers (`deep_sched_core::draw`); the write lock
+/// only to charge the winner. When draws keep being rejected (most peers
+/// down or full) it scans all peers under the write lock.
 unsafe fn p2c_pick(
     pc: *mut ngx_peer_connection_t,
     pd: &mut PeerData,
     agent: &AgentConf,
     up: &UpstreamConf,
+    local: &mut UpstreamLocal,
     view: &ZoneView,
     now_ms: u64,
 ) -> Option<usize> {
-    if pd.rrp.peers != pd.primary {
+    if pd.rrp.peers != pd.primary || local.peers.is_empty() {
         return None;
     }
     // SAFETY: pc is live; as in nginx's round robin, a new try starts
@@ -456,54 +560,60 @@ unsafe fn p2c_pick(
         (*pc).connection = ptr::null_mut();
     }
     let peers = pd.primary;
-    let mut loads = [PeerLoad::default(); MAX_PEERS];
-    let mut ptrs = [ptr::null_mut::<ngx_http_upstream_rr_peer_t>(); MAX_PEERS];
     let now = ngx::ffi::ngx_time();
-    let known = up.peers.len();
-    // SAFETY: the write lock is held while peers are inspected and the chosen
-    // one is charged, as in nginx's round robin.
+    let drawn = match &local.draw {
+        Some(table) => {
+            // SAFETY: the read lock is held while the drawn peers are read.
+            let _lock = unsafe { PeersLock::read(peers) };
+            with_rng(|rng| {
+                p2c_drawn(
+                    table,
+                    |i| {
+                        let p = *local.peers.get(i)?;
+                        // SAFETY: p is a live peer, read under the lock.
+                        if !unsafe { eligible(pd, p, i, now) } {
+                            return None;
+                        }
+                        // SAFETY: as above.
+                        let (load, accept) = peer_load(unsafe { &*p }, i, agent, up, view, now_ms);
+                        Some(Drawn { load, accept })
+                    },
+                    rng,
+                )
+            })
+        }
+        None => Pick::Scan,
+    };
+    // SAFETY: the write lock is held while the chosen peer is charged (and
+    // while all are inspected on the fallback), as in nginx's round robin.
     unsafe {
         let _lock = PeersLock::write(peers);
-        let mut n = 0;
-        for (i, p) in peers_iter(peers).enumerate().take(MAX_PEERS) {
-            n = i + 1;
-            ptrs[i] = p;
-            let peer = &mut *p;
-            let failed = peer.max_fails != 0
-                && peer.fails >= peer.max_fails
-                && now - peer.checked <= peer.fail_timeout;
-            let full = peer.max_conns != 0 && peer.conns >= peer.max_conns;
-            let eligible = !tried(&pd.rrp, i) && peer.down == 0 && !failed && !full && i < known;
-            if !eligible || i >= known {
-                loads[i] = PeerLoad::default();
-                continue;
+        let best = match drawn {
+            // Still eligible now that we hold the write lock (another
+            // worker may have filled its max_conns in between)?
+            Pick::Peer(i) if eligible(pd, local.peers[i], i, now) => i,
+            other => {
+                for (i, &p) in local.peers.iter().enumerate() {
+                    local.loads[i] = if eligible(pd, p, i, now) {
+                        peer_load(&*p, i, agent, up, view, now_ms).0
+                    } else {
+                        PeerLoad::default()
+                    };
+                }
+                match other {
+                    // The first draw stands; only the second is scanned.
+                    Pick::ScanSecond(a) if local.loads[a].eligible => {
+                        with_rng(|rng| p2c_second(&local.loads, a, rng))
+                    }
+                    _ => with_rng(|rng| p2c(&local.loads, rng))?,
+                }
             }
-            // Round robin's recovery of a backed-off peer, one step per pick.
-            if peer.effective_weight < peer.weight {
-                peer.effective_weight += 1;
-            }
-            let s = view.peer(up.slot_base + i);
-            let ramp = slow_start_factor(
-                now_ms,
-                s.slow_start_since_ms
-                    .load(core::sync::atomic::Ordering::Relaxed),
-                agent.args.slow_start_ms,
-            );
-            let others: u64 = up
-                .siblings
-                .get(i)
-                .map_or(0, |v| v.iter().map(|&j| view.peer(j).inflight()).sum());
-            let weight = (peer.effective_weight.max(1) as f64) * P2C_WEIGHT_SCALE;
-            loads[i] = PeerLoad {
-                weight: weight as u32,
-                draw_weight: (weight * ramp).round().max(1.0) as u32,
-                inflight: s.inflight() + others,
-                latency_ewma_ms: s.latency_ms(now_ms),
-                eligible: true,
-            };
+        };
+        let peer = &mut *local.peers[best];
+        // Round robin's recovery of a backed-off peer, one step per pick.
+        if peer.effective_weight < peer.weight {
+            peer.effective_weight += 1;
         }
-        let best = with_rng(|rng| p2c(&loads[..n], rng))?;
-        let peer = &mut *ptrs[best];
         pd.rrp.current = peer;
         #[cfg(ngx_peer_refs)]
         {

@@ -4,8 +4,6 @@
 mod harness;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::*;
@@ -16,19 +14,6 @@ fn counts(spread: &BTreeMap<String, usize>, n: usize) -> Vec<usize> {
     (1..=n)
         .map(|i| spread.get(&format!("b{i}")).copied().unwrap_or(0))
         .collect()
-}
-
-fn proxy_server(locations: &str) -> String {
-    format!(
-        "    server {{\n\
-                 listen 127.0.0.1:{{port}};\n\
-                 proxy_next_upstream error timeout http_502;\n\
-                 proxy_connect_timeout 2s;\n\
-                 proxy_read_timeout 10s;\n\
-         {locations}\n\
-                 location = /deep_sched {{ deep_sched_status; }}\n\
-             }}\n"
-    )
 }
 
 /// `deep_sched;` sends each peer what nginx's round robin sends.
@@ -142,55 +127,6 @@ fn backend_names(b: &[BackendHandle]) -> Vec<String> {
     b.iter().map(|h| h.addr().to_string()).collect()
 }
 
-/// Keeps `concurrency` clients sending until dropped; counts failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    pub sent: Arc<AtomicU64>,
-    pub failed: Arc<AtomicU64>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(port: u16, concurrency: usize, path: &'static str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let threads = (0..concurrency)
-            .map(|_| {
-                let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-                std::thread::spawn(move || {
-                    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = http_get(addr, path);
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        if r.status != 200 {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("failed request: {} {}", r.status, r.body);
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            sent,
-            failed,
-            threads,
-        }
-    }
-
-    fn stop(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
-
 fn policy_http(b: &[BackendHandle], policy: &str, extra: &str) -> String {
     let servers = server_lines(b, &["", "", ""]);
     format!(
@@ -215,7 +151,7 @@ fn policy_moves_weight_away_from_a_slow_peer() {
         &policy_http(&b, &policy.display().to_string(), ""),
         2,
     ));
-    let load = Load::start(nginx.port, 4, READ);
+    let load = Load::start(nginx.port, 4, &[READ]);
 
     // All fast: state 0, equal weights.
     let st = wait_for(Duration::from_secs(5), || {
@@ -284,7 +220,7 @@ fn explore_draws_weights_from_the_set_and_logs_them() {
     // An absolute log path (nginx does not copy those: the name must be a
     // proper C string).
     let nginx = Nginx::start(&full_config(&http, 2));
-    let load = Load::start(nginx.port, 2, READ);
+    let load = Load::start(nginx.port, 2, &[READ]);
     let lines = wait_for(Duration::from_secs(10), || {
         let l = nginx.lines("logs/samples.jsonl");
         (l.len() >= 8).then_some(l)
@@ -328,7 +264,7 @@ fn four_workers_share_counters_and_decide_once_per_interval() {
         proxy_server("        location / { proxy_pass http://backend; }")
     );
     let nginx = Nginx::start(&full_config(&http, 4));
-    let load = Load::start(nginx.port, 8, READ);
+    let load = Load::start(nginx.port, 8, &[READ]);
     std::thread::sleep(Duration::from_millis(3000));
     let (sent, failed) = load.stop();
     assert_eq!(failed, 0);
@@ -596,7 +532,7 @@ fn reload_swaps_policies_without_failed_requests() {
     let first = dir.path().join("p0.json");
     std::fs::write(&first, slow_peer_policy(&names, 300).to_string()).unwrap();
     let nginx = Nginx::start(&conf_for(&first));
-    let load = Load::start(nginx.port, 4, READ);
+    let load = Load::start(nginx.port, 4, &[READ]);
     let started = Instant::now();
     for i in 1..=5 {
         std::thread::sleep(Duration::from_millis(1200));
@@ -648,7 +584,7 @@ fn p2c_avoids_a_loaded_peer_and_honours_down() {
         proxy_server("        location / { proxy_pass http://backend; }")
     );
     let nginx = Nginx::start(&full_config(&http, 1));
-    let load = Load::start(nginx.port, 6, READ);
+    let load = Load::start(nginx.port, 6, &[READ]);
     std::thread::sleep(Duration::from_millis(2500));
     let (_, failed) = load.stop();
     assert_eq!(failed, 0);
@@ -688,7 +624,7 @@ fn p2c_counts_in_flight_requests_of_other_upstreams() {
     // both answer a few at the same speed first
     let warm = spread(&nginx, 6);
     b[0].set_slow(400.0);
-    let hold = Load::start(nginx.port, 16, "/hold/home-timeline/read");
+    let hold = Load::start(nginx.port, 16, &["/hold/home-timeline/read"]);
     std::thread::sleep(Duration::from_millis(400));
     let s = spread(&nginx, 20);
     let (_, failed) = hold.stop();
@@ -794,7 +730,7 @@ fn upstreams_sharing_a_log_form_one_agent() {
         )
     );
     let nginx = Nginx::start(&full_config(&http, 2));
-    let load = Load::start(nginx.port, 2, "/wrk2-api/user-timeline/read");
+    let load = Load::start(nginx.port, 2, &["/wrk2-api/user-timeline/read"]);
     let lines = wait_for(Duration::from_secs(8), || {
         let l = nginx.lines("logs/social.jsonl");
         (l.len() >= 4).then_some(l)

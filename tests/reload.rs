@@ -20,19 +20,6 @@ use std::time::{Duration, Instant};
 use harness::*;
 use serde_json::Value;
 
-fn proxy_server(locations: &str) -> String {
-    format!(
-        "    server {{\n\
-                 listen 127.0.0.1:{{port}};\n\
-                 proxy_next_upstream error timeout http_502;\n\
-                 proxy_connect_timeout 2s;\n\
-                 proxy_read_timeout 10s;\n\
-         {locations}\n\
-                 location = /deep_sched {{ deep_sched_status; }}\n\
-             }}\n"
-    )
-}
-
 /// One upstream `backend` with `directive`, everything proxied to it.
 fn one_upstream(b: &[BackendHandle], directive: &str) -> String {
     let servers = server_lines(b, &[]);
@@ -40,70 +27,6 @@ fn one_upstream(b: &[BackendHandle], directive: &str) -> String {
         "    upstream backend {{\n{servers}        {directive}\n    }}\n{}",
         proxy_server("        location / { proxy_pass http://backend; }")
     )
-}
-
-/// Keeps `concurrency` clients sending until stopped; counts failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    /// Clients cycle through `paths`.
-    fn start(port: u16, concurrency: usize, paths: &[&str]) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
-        let threads = (0..concurrency)
-            .map(|c| {
-                let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-                let paths = paths.clone();
-                std::thread::spawn(move || {
-                    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                    let mut i = c;
-                    while !stop.load(Ordering::Relaxed) {
-                        let path = &paths[i % paths.len()];
-                        i += 1;
-                        let r = http_get(addr, path);
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        if r.status != 200 {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("failed request {path}: {} {}", r.status, r.body);
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            sent,
-            failed,
-            threads,
-        }
-    }
-
-    fn stop(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 /// `/proc/<pid>/cmdline` with NULs as spaces ("" if the process is gone).
@@ -697,6 +620,27 @@ fn layout_lines(nginx: &Nginx, rel: &str, peers: usize) -> Vec<Value> {
         .collect()
 }
 
+/// How long after `reloaded` the first decision over `peers` peers was
+/// logged (`logs/samples.jsonl`), waiting at most `within`; panics with
+/// the error log if none came, or if nginx died meanwhile.
+fn first_decision_with(
+    nginx: &Nginx,
+    peers: usize,
+    reloaded: Instant,
+    within: Duration,
+) -> Duration {
+    wait_for(within, || {
+        assert_alive(nginx, "after the reload");
+        (!layout_lines(nginx, "logs/samples.jsonl", peers).is_empty()).then(|| reloaded.elapsed())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no decision for the new layout within {within:?} of the reload\nerror log:\n{}",
+            nginx.error_log()
+        )
+    })
+}
+
 fn assert_one_per_interval(lines: &[Value], min_gap_ms: i64, what: &str) {
     for w in lines.windows(2) {
         let gap = time_ms(&w[1]) as i64 - time_ms(&w[0]) as i64;
@@ -759,16 +703,7 @@ fn single_process_reload_to_a_new_layout_keeps_deciding() {
     nginx.reload_with(&single(&single_http(&b, Some(&b[..2]), "300ms")));
 
     // The new cycle's agents decide: the 4-peer layout appears in the log.
-    let resumed = wait_for(Duration::from_secs(3), || {
-        assert_alive(&nginx, "after the reload");
-        (!layout_lines(&nginx, "logs/samples.jsonl", 4).is_empty()).then(|| reloaded.elapsed())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no decision for the new layout within 3 s of the reload\nerror log:\n{}",
-            nginx.error_log()
-        )
-    });
+    let resumed = first_decision_with(&nginx, 4, reloaded, Duration::from_secs(3));
     eprintln!("first decision for the new layout {resumed:?} after the reload");
     while reloaded.elapsed() < Duration::from_millis(3200) {
         assert_alive(&nginx, "under traffic after the reload");
@@ -933,16 +868,7 @@ fn single_process_reload_from_a_long_interval_resumes_at_once() {
     std::thread::sleep(Duration::from_millis(300));
     let reloaded = Instant::now();
     nginx.reload_with(&single(&single_http(&b, None, "300ms")));
-    let resumed = wait_for(Duration::from_secs(5), || {
-        assert_alive(&nginx, "after the reload");
-        (!layout_lines(&nginx, "logs/samples.jsonl", 4).is_empty()).then(|| reloaded.elapsed())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no decision for the new layout within 5 s of the reload\nerror log:\n{}",
-            nginx.error_log()
-        )
-    });
+    let resumed = first_decision_with(&nginx, 4, reloaded, Duration::from_secs(5));
     eprintln!("first decision of the new cycle {resumed:?} after the reload");
     assert!(
         resumed <= Duration::from_millis(1500),

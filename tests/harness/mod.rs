@@ -8,7 +8,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use deep_sched_lab::backend::{self, BackendConfig, BackendHandle, Mode, ServiceTimes};
@@ -355,6 +356,21 @@ pub fn server_lines(backends: &[BackendHandle], params: &[&str]) -> String {
         .collect()
 }
 
+/// A `server` block on `{port}` proxying `locations`, with retries on
+/// errors and the status page at `/deep_sched`.
+pub fn proxy_server(locations: &str) -> String {
+    format!(
+        "    server {{\n\
+                 listen 127.0.0.1:{{port}};\n\
+                 proxy_next_upstream error timeout http_502;\n\
+                 proxy_connect_timeout 2s;\n\
+                 proxy_read_timeout 10s;\n\
+         {locations}\n\
+                 location = /deep_sched {{ deep_sched_status; }}\n\
+             }}\n"
+    )
+}
+
 /// The path every test request uses (a read endpoint of the emulator).
 pub const READ: &str = "/wrk2-api/home-timeline/read";
 
@@ -384,5 +400,70 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
             return None;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Keeps `concurrency` clients sending GETs (one connection each) until
+/// stopped or dropped; counts what was sent and what failed.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Clients cycle through `paths`.
+    pub fn start(port: u16, concurrency: usize, paths: &[&str]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        let threads = (0..concurrency)
+            .map(|c| {
+                let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+                let paths = paths.clone();
+                std::thread::spawn(move || {
+                    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                    let mut i = c;
+                    while !stop.load(Ordering::Relaxed) {
+                        let path = &paths[i % paths.len()];
+                        i += 1;
+                        let r = http_get(addr, path);
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if r.status != 200 {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("failed request {path}: {} {}", r.status, r.body);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failed,
+            threads,
+        }
+    }
+
+    pub fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }

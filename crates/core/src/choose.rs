@@ -200,7 +200,7 @@ fn weighted_draw<R: Rng + ?Sized>(
 /// Expected cost of sending one more request to `p`: its recent latency
 /// times the requests it would then hold, per unit of weight.
 #[inline]
-fn cost(p: &PeerLoad) -> f64 {
+pub(crate) fn cost(p: &PeerLoad) -> f64 {
     let latency = if p.latency_ewma_ms.is_finite() {
         p.latency_ewma_ms.max(LATENCY_FLOOR_MS)
     } else {
@@ -232,13 +232,28 @@ pub fn p2c<R: Rng + ?Sized>(peers: &[PeerLoad], rng: &mut R) -> Option<usize> {
         _ => {}
     }
     let a = weighted_draw(peers, usize::MAX, total, rng);
-    let rest = total - u64::from(peers[a].draw_weight.max(1));
+    Some(p2c_second(peers, a, rng))
+}
+
+/// The second half of [`p2c`] once the first draw is `a` (eligible): a
+/// weighted draw among the other eligible peers, and the cheaper of the two
+/// (`a` on a tie, or when no other peer is eligible).
+pub fn p2c_second<R: Rng + ?Sized>(peers: &[PeerLoad], a: usize, rng: &mut R) -> usize {
+    let rest: u64 = peers
+        .iter()
+        .enumerate()
+        .filter(|&(i, p)| p.eligible && i != a)
+        .map(|(_, p)| u64::from(p.draw_weight.max(1)))
+        .sum();
+    if rest == 0 {
+        return a;
+    }
     let b = weighted_draw(peers, a, rest, rng);
-    Some(if cost(&peers[b]) < cost(&peers[a]) {
+    if cost(&peers[b]) < cost(&peers[a]) {
         b
     } else {
         a
-    })
+    }
 }
 
 /// For every peer slot, the other slots with the same address: a backend

@@ -9,6 +9,7 @@
 //! - [`decision`]: one decision of an agent;
 //! - [`choose`]: per-request peer choice (p2c, read-time latency decay,
 //!   slow start, round robin's back-off under new weights);
+//! - [`draw`]: p2c in O(1) by alias-table draws, read only for drawn peers;
 //! - [`publish`]: the lock-free publication of a decision to every worker;
 //! - [`samples`]: the sample log record;
 //! - [`directive`]: the `deep_sched` directive's syntax;
@@ -18,6 +19,7 @@ pub mod choose;
 pub mod counters;
 pub mod decision;
 pub mod directive;
+pub mod draw;
 pub mod features;
 pub mod gmm;
 pub mod policy;
