@@ -32,17 +32,29 @@ iteration of the least disturbed sample: what the code costs when it has the cor
 
 | what | median | 95% interval | fastest sample | target |
 | --- | ---: | ---: | ---: | --- |
-$(row choose/p2c_3_peers "one p2c pick, 3 peers" "≤ 50 ns")
+$(row choose/p2c_3_peers "one p2c pick, 3 peers (plain loads)" "≤ 50 ns")
+$(row pick/p2c_table_3 "p2c pick from the alias table, 3 peers (reads 2 slots)" "")
+$(row pick/p2c_table_64 "p2c pick from the alias table, 64 peers" "")
+$(row pick/p2c_table_1024 "p2c pick from the alias table, 1,024 peers" "≤ 60 ns")
+$(row pick/p2c_scan_3 "p2c pick by scanning every slot, 3 peers (fallback)" "")
+$(row pick/p2c_scan_64 "p2c pick by scanning every slot, 64 peers" "")
+$(row pick/p2c_scan_1024 "p2c pick by scanning every slot, 1,024 peers" "")
+$(row pick/wrr_overhead_3 "wrr: what deep_sched adds to round robin's pick, 3 peers" "≤ 10 ns")
+$(row pick/wrr_overhead_64 "wrr: what deep_sched adds, 64 peers" "≤ 10 ns")
+$(row pick/wrr_overhead_1024 "wrr: what deep_sched adds, 1,024 peers" "≤ 10 ns")
+$(row free/record "free path: one try recorded + in flight released" "")
 $(row choose/latency_bucket "latency histogram bucket (per request)" "")
 $(row choose/decayed_latency "read-time decay of a latency estimate (per p2c draw)" "")
 $(row classify_k27_d27_full "one state classification, K=27, D=27, full covariance" "≤ 2 µs")
 $(row policy_load_k27_d27_full "parse + validate a 27-state, 27-feature full policy" "")
 
 In the module the per-request path is: one atomic load of the agent's decision
-epoch, nginx's own round robin (or the p2c pick above, with a read-time decay per
-peer), and relaxed atomic adds in \`free_peer\` (the peer's counters, its
-in-flight gauge and the worker's own in-flight shard); classification runs once
-per interval in one worker.
+epoch, nginx's own round robin plus the \`wrr_overhead\` row (address → index
+in an FxHashMap, in-flight gauge and the worker's shard), or the p2c pick from
+the decision's alias table reading the two drawn peers' slots (\`p2c_table\`;
+the scan is the fallback when draws keep hitting ineligible peers), and the
+\`free/record\` row in \`free_peer\`. The peers' lock is nginx's and is not
+in these numbers. Classification runs once per interval in one worker.
 MD
 )
 scripts/bench-section.sh "core" "$section"

@@ -1,16 +1,22 @@
-//! Hot-path costs: one peer choice (per request) and one state
-//! classification (per interval), plus loading a policy (per reload).
+//! Hot-path costs: one peer choice (per request) at 3, 64 and 1,024 peers,
+//! the free path's counter update, one state classification (per
+//! interval), plus loading a policy (per reload).
 //!   cargo bench -p deep-sched-core --bench core
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use deep_sched_core::choose::{decayed_latency, p2c, PeerLoad};
 use deep_sched_core::counters::latency_bucket;
+use deep_sched_core::draw::{p2c_drawn, DrawTable, Drawn, Pick};
 use deep_sched_core::gmm::{CovarianceKind, Gmm};
 use deep_sched_core::policy::Policy;
+use deep_sched_core::publish::Publication;
+use deep_sched_core::slots::{PeerSlot, TryOutcome};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rustc_hash::FxHashMap;
 
 const K: usize = 27;
 const D: usize = 27;
@@ -64,6 +70,109 @@ fn bench_choose(c: &mut Criterion) {
     g.finish();
 }
 
+/// Peer slots with latencies and in-flight counts, as the zone holds them.
+fn slots(n: usize, rng: &mut SmallRng) -> Vec<PeerSlot> {
+    (0..n)
+        .map(|_| {
+            let s = PeerSlot::default();
+            s.latency_ewma
+                .store(rng.gen_range(2.0f64..50.0).to_bits(), Ordering::Relaxed);
+            s.latency_stamp_ms.store(1_000, Ordering::Relaxed);
+            s.inflight.store(rng.gen_range(0..8), Ordering::Relaxed);
+            s
+        })
+        .collect()
+}
+
+/// One p2c pick as the module makes it: from the decision's alias table,
+/// reading only the two drawn peers' slots (`table`), against the full scan
+/// over every peer's slot (`scan`, the fallback and the old path).
+fn bench_pick_at_scale(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pick");
+    let mut rng = SmallRng::seed_from_u64(3);
+    for n in [3usize, 64, 1024] {
+        let weights: Vec<u32> = (0..n).map(|i| 1 + (i % 5) as u32).collect();
+        let zone = slots(n, &mut rng);
+        let table = DrawTable::new(&weights);
+        let now = 1_050;
+        let load = |i: usize| PeerLoad {
+            weight: weights[i] * 64,
+            draw_weight: weights[i] * 64,
+            inflight: zone[i].inflight(),
+            latency_ewma_ms: zone[i].latency_ms(now),
+            eligible: true,
+        };
+        g.bench_function(format!("p2c_table_{n}"), |b| {
+            b.iter(|| {
+                let pick = p2c_drawn(
+                    &table,
+                    |i| {
+                        Some(Drawn {
+                            load: load(i),
+                            accept: 1.0,
+                        })
+                    },
+                    &mut rng,
+                );
+                assert!(matches!(pick, Pick::Peer(_)));
+                pick
+            })
+        });
+        let mut loads = vec![PeerLoad::default(); n];
+        g.bench_function(format!("p2c_scan_{n}"), |b| {
+            b.iter(|| {
+                for (i, l) in loads.iter_mut().enumerate() {
+                    *l = load(i);
+                }
+                p2c(black_box(&loads), &mut rng)
+            })
+        });
+        // choose=wrr: what the module adds to round robin's own pick: the
+        // decision check (one load), the address → index look-up, and the
+        // in-flight count (gauge and the worker's shard).
+        let publication = Publication::new();
+        let index: FxHashMap<usize, usize> = (0..n).map(|i| (0x7f00_0000 + i * 256, i)).collect();
+        let shard: Vec<AtomicI64> = (0..n).map(|_| AtomicI64::new(0)).collect();
+        let mut k = 0usize;
+        g.bench_function(format!("wrr_overhead_{n}"), |b| {
+            b.iter(|| {
+                k = (k + 7) % n;
+                let epoch = publication.epoch();
+                let i = index[&black_box(0x7f00_0000 + k * 256)];
+                zone[i].inflight.fetch_add(1, Ordering::Relaxed);
+                shard[i].fetch_add(1, Ordering::Relaxed);
+                (epoch, i)
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The free path: one try recorded in the peer's slot (counters, histogram,
+/// latency estimate, failure run) and the in-flight count released.
+fn bench_free(c: &mut Criterion) {
+    let slot = PeerSlot::default();
+    let shard = AtomicI64::new(0);
+    let outcome = TryOutcome {
+        status_class: Some(1),
+        failed: false,
+        response_msec: 37,
+        header_msec: Some(12),
+        in_bytes: 2_000,
+        out_bytes: 300,
+    };
+    let mut now = 1_000u64;
+    c.bench_function("free/record", |b| {
+        b.iter(|| {
+            now += 1;
+            let back = slot.record(black_box(&outcome), now, 1);
+            slot.inflight.fetch_sub(1, Ordering::Relaxed);
+            shard.fetch_sub(1, Ordering::Relaxed);
+            back
+        })
+    });
+}
+
 fn bench_classify(c: &mut Criterion) {
     let mut rng = SmallRng::seed_from_u64(2);
     let (w, m, cov) = mixture(&mut rng);
@@ -98,5 +207,12 @@ fn bench_policy_load(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_choose, bench_classify, bench_policy_load);
+criterion_group!(
+    benches,
+    bench_choose,
+    bench_pick_at_scale,
+    bench_free,
+    bench_classify,
+    bench_policy_load
+);
 criterion_main!(benches);

@@ -12,6 +12,7 @@
 //! - [`draw`]: p2c in O(1) by alias-table draws, read only for drawn peers;
 //! - [`publish`]: the lock-free publication of a decision to every worker;
 //! - [`samples`]: the sample log record;
+//! - [`slots`]: the per-peer and per-agent records of the shared zone;
 //! - [`directive`]: the `deep_sched` directive's syntax;
 //! - [`status`]: the status document (JSON, Prometheus).
 
@@ -25,4 +26,5 @@ pub mod gmm;
 pub mod policy;
 pub mod publish;
 pub mod samples;
+pub mod slots;
 pub mod status;

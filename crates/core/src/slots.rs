@@ -1,0 +1,410 @@
+//! The records the module keeps in nginx's shared memory, as plain
+//! `#[repr(C)]` atomics: per peer ([`PeerSlot`]: cumulative counters, the
+//! snapshot of the last decision, in flight, the latency estimate, the
+//! failure run and slow start, the published weights) and per agent
+//! ([`AgentSlot`]: the decision schedule and the published decision).
+//!
+//! No nginx here: the module maps them over its zone (all-zero memory is a
+//! valid record), and they are tested and benchmarked as ordinary values.
+//! Everything on the request path is a relaxed atomic operation, no lock,
+//! no allocation.
+
+#![allow(missing_docs)]
+
+use core::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use crate::choose::{decayed_latency, peak_ewma, try_latency_ms, PEAK_EWMA_TAU_MS};
+use crate::counters::{latency_bucket, PeerCounters, LATENCY_BUCKETS};
+use crate::publish::Publication;
+
+/// Cumulative counters of one peer, summed over all workers.
+#[repr(C)]
+#[derive(Default)]
+pub struct CounterCells {
+    pub requests: AtomicU64,
+    pub in_bytes: AtomicU64,
+    pub out_bytes: AtomicU64,
+    pub responses: [AtomicU64; 5],
+    pub failures: AtomicU64,
+    pub response_msec: AtomicU64,
+    pub latency_hist: [AtomicU64; LATENCY_BUCKETS],
+}
+
+impl CounterCells {
+    /// Reads the cells into a plain snapshot (each cell is read atomically;
+    /// the set is not a transaction, which is fine for rates over seconds).
+    pub fn load(&self, inflight: u64) -> PeerCounters {
+        let mut c = PeerCounters {
+            requests: self.requests.load(Ordering::Relaxed),
+            in_bytes: self.in_bytes.load(Ordering::Relaxed),
+            out_bytes: self.out_bytes.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            response_msec: self.response_msec.load(Ordering::Relaxed),
+            inflight,
+            ..PeerCounters::default()
+        };
+        for (dst, src) in c.responses.iter_mut().zip(&self.responses) {
+            *dst = src.load(Ordering::Relaxed);
+        }
+        for (dst, src) in c.latency_hist.iter_mut().zip(&self.latency_hist) {
+            *dst = src.load(Ordering::Relaxed);
+        }
+        c
+    }
+
+    /// Overwrites the cells with a snapshot (used for the decider's
+    /// "previous" copy, which only the elected worker writes).
+    pub fn store(&self, c: &PeerCounters) {
+        self.requests.store(c.requests, Ordering::Relaxed);
+        self.in_bytes.store(c.in_bytes, Ordering::Relaxed);
+        self.out_bytes.store(c.out_bytes, Ordering::Relaxed);
+        self.failures.store(c.failures, Ordering::Relaxed);
+        self.response_msec.store(c.response_msec, Ordering::Relaxed);
+        for (dst, src) in self.responses.iter().zip(&c.responses) {
+            dst.store(*src, Ordering::Relaxed);
+        }
+        for (dst, src) in self.latency_hist.iter().zip(&c.latency_hist) {
+            dst.store(*src, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Everything the zone keeps about one peer.
+#[repr(C)]
+#[derive(Default)]
+pub struct PeerSlot {
+    /// Live cumulative counters.
+    pub live: CounterCells,
+    /// The snapshot taken at the last decision.
+    pub prev: CounterCells,
+    /// Requests now at the peer, all processes (a gauge).
+    pub inflight: AtomicI64,
+    /// Recent time to the response header, ms, as `f64` bits: the peak
+    /// EWMA (`deep_sched_core::choose::peak_ewma`).
+    pub latency_ewma: AtomicU64,
+    /// When `latency_ewma` last took a sample, `ngx_current_msec`.
+    pub latency_stamp_ms: AtomicU64,
+    /// Failed tries in a row (reset by a success).
+    pub failure_run: AtomicU32,
+    /// When the peer's slow start began, `ngx_current_msec` (0: none).
+    pub slow_start_since_ms: AtomicU64,
+    /// Published weight, one per publication buffer.
+    pub weight: [AtomicU32; 2],
+}
+
+/// What the free-peer callback learned about one try.
+pub struct TryOutcome {
+    /// `Some(0..=4)` for 1xx..5xx, `None` when no response header arrived.
+    pub status_class: Option<usize>,
+    /// nginx counted the try as a failure of the peer.
+    pub failed: bool,
+    /// Time to the end of the response, ms (counters and histogram).
+    pub response_msec: u64,
+    /// Time to the response header, ms, when one arrived: what the latency
+    /// estimate of `choose=p2c` follows (as nginx's `least_time header`),
+    /// so a large download or a long poll does not read as a slow peer.
+    pub header_msec: Option<u64>,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+}
+
+impl PeerSlot {
+    /// Records one finished try at this peer. Called per request: only
+    /// relaxed atomic operations, no lock, no allocation. `now_ms` is
+    /// nginx's cached clock. Returns true when this success ends a run of
+    /// at least `max_fails` failures (the peer is back).
+    pub fn record(&self, outcome: &TryOutcome, now_ms: u64, max_fails: u32) -> bool {
+        let c = &self.live;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        c.in_bytes.fetch_add(outcome.in_bytes, Ordering::Relaxed);
+        c.out_bytes.fetch_add(outcome.out_bytes, Ordering::Relaxed);
+        if let Some(class) = outcome.status_class {
+            c.responses[class].fetch_add(1, Ordering::Relaxed);
+        }
+        if outcome.failed {
+            c.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        c.response_msec
+            .fetch_add(outcome.response_msec, Ordering::Relaxed);
+        c.latency_hist[latency_bucket(outcome.response_msec)].fetch_add(1, Ordering::Relaxed);
+        // A racy read-modify-write is acceptable for a smoothed signal: a lost
+        // update only skips one sample.
+        let measured = outcome.header_msec.unwrap_or(outcome.response_msec);
+        let sample = try_latency_ms(measured, outcome.failed);
+        let old = f64::from_bits(self.latency_ewma.load(Ordering::Relaxed));
+        let last = self.latency_stamp_ms.swap(now_ms, Ordering::Relaxed);
+        // The average as it reads now (decayed), then the new sample.
+        let old = decayed_latency(old, now_ms.saturating_sub(last));
+        let new = peak_ewma(old, now_ms.saturating_sub(last), sample, PEAK_EWMA_TAU_MS);
+        self.latency_ewma.store(new.to_bits(), Ordering::Relaxed);
+
+        if outcome.failed {
+            self.failure_run.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        // One load on the common path; the swap only after failures.
+        if self.failure_run.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.failure_run.swap(0, Ordering::Relaxed) >= max_fails.max(1)
+    }
+
+    /// The peer's latency estimate as of `now_ms`, ms: the peak EWMA
+    /// decayed by the time since its last sample (0 before the first).
+    pub fn latency_ms(&self, now_ms: u64) -> f64 {
+        let m = f64::from_bits(self.latency_ewma.load(Ordering::Relaxed));
+        let stamp = self.latency_stamp_ms.load(Ordering::Relaxed);
+        decayed_latency(m, now_ms.saturating_sub(stamp))
+    }
+
+    /// Current in-flight count, never negative.
+    pub fn inflight(&self) -> u64 {
+        self.inflight.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Forgets the failure memory (a reload, as nginx's round robin does).
+    pub fn forget_failures(&self) {
+        self.latency_ewma.store(0, Ordering::Relaxed);
+        self.latency_stamp_ms.store(0, Ordering::Relaxed);
+        self.failure_run.store(0, Ordering::Relaxed);
+        self.slow_start_since_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+/// One buffer of an agent's published decision (weights aside, which live
+/// in the peers' slots).
+#[repr(C)]
+#[derive(Default)]
+pub struct DecisionCells {
+    /// State, or -1.
+    pub state: AtomicI64,
+    /// Action index in the policy, or -1.
+    pub action: AtomicI64,
+    /// bit 0: out of distribution, bit 1: explored.
+    pub flags: AtomicU64,
+    /// Log-likelihood of the last observation, as `f64` bits.
+    pub log_likelihood: AtomicU64,
+    /// Wall clock (ms since the epoch) of the decision.
+    pub wall_ms: AtomicU64,
+    /// The process that decided.
+    pub pid: AtomicU64,
+}
+
+/// The per-agent slot.
+#[repr(C)]
+#[derive(Default)]
+pub struct AgentSlot {
+    /// Monotonic ms at which the next decision is due; the worker that
+    /// moves it forward decides.
+    pub next_decision_ms: AtomicU64,
+    /// Monotonic ms of the previous decision (for the interval length).
+    pub prev_decision_ms: AtomicU64,
+    /// Until when (monotonic ms) some peer of the agent may be in slow
+    /// start: one load tells the request path there is nothing to ramp.
+    pub slow_start_until_ms: AtomicU64,
+    /// The publication protocol of the decision.
+    pub publication: Publication,
+    /// The decision's fields, one per publication buffer.
+    pub decision: [DecisionCells; 2],
+}
+
+/// A consistent copy of an agent's published decision (weights aside).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Published {
+    pub epoch: u64,
+    pub state: Option<usize>,
+    pub action: Option<usize>,
+    pub ood: bool,
+    pub explored: bool,
+    pub log_likelihood: Option<f64>,
+    pub last_decision_wall_ms: u64,
+    pub pid: u64,
+}
+
+fn opt_index(v: i64) -> Option<usize> {
+    usize::try_from(v).ok()
+}
+
+impl AgentSlot {
+    /// Tries to become the worker that decides now. Returns, when this
+    /// worker won, the length of the interval being closed (ms).
+    pub fn try_claim(&self, now_ms: u64, interval_ms: u64) -> Option<u64> {
+        let due = self.next_decision_ms.load(Ordering::Acquire);
+        if now_ms < due {
+            return None;
+        }
+        self.next_decision_ms
+            .compare_exchange(
+                due,
+                now_ms + interval_ms,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .ok()?;
+        let prev = self.prev_decision_ms.swap(now_ms, Ordering::AcqRel);
+        Some(now_ms.saturating_sub(prev).max(1))
+    }
+
+    /// Milliseconds until the next decision is due (0 if overdue).
+    pub fn due_in(&self, now_ms: u64) -> u64 {
+        self.next_decision_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(now_ms)
+    }
+
+    /// Publishes a decision: `write(b)` stores the peers' weights of
+    /// buffer `b`; the fields of `p` go to the same buffer.
+    pub fn publish(&self, p: &Published, write: impl FnOnce(usize)) -> u64 {
+        self.publication.publish(|b| {
+            write(b);
+            let d = &self.decision[b];
+            d.state
+                .store(p.state.map_or(-1, |s| s as i64), Ordering::Relaxed);
+            d.action
+                .store(p.action.map_or(-1, |a| a as i64), Ordering::Relaxed);
+            d.flags.store(
+                u64::from(p.ood) | (u64::from(p.explored) << 1),
+                Ordering::Relaxed,
+            );
+            d.log_likelihood.store(
+                p.log_likelihood.unwrap_or(f64::NAN).to_bits(),
+                Ordering::Relaxed,
+            );
+            d.wall_ms.store(p.last_decision_wall_ms, Ordering::Relaxed);
+            d.pid.store(p.pid, Ordering::Relaxed);
+        })
+    }
+
+    /// The epoch a reader compares with what it applied last (one load).
+    pub fn epoch(&self) -> u64 {
+        self.publication.epoch()
+    }
+
+    /// Reads the newest decision whole; `read(b)` copies the peers' weights
+    /// of buffer `b` and may run more than once. `None` when a writer kept
+    /// interfering (the caller keeps what it had).
+    pub fn read(&self, mut read: impl FnMut(usize)) -> Option<Published> {
+        let (epoch, mut p) = self.publication.read(|b| {
+            read(b);
+            let d = &self.decision[b];
+            let ll = f64::from_bits(d.log_likelihood.load(Ordering::Relaxed));
+            let flags = d.flags.load(Ordering::Relaxed);
+            Published {
+                epoch: 0,
+                state: opt_index(d.state.load(Ordering::Relaxed)),
+                action: opt_index(d.action.load(Ordering::Relaxed)),
+                ood: flags & 1 == 1,
+                explored: flags & 2 == 2,
+                log_likelihood: (!ll.is_nan()).then_some(ll),
+                last_decision_wall_ms: d.wall_ms.load(Ordering::Relaxed),
+                pid: d.pid.load(Ordering::Relaxed),
+            }
+        })?;
+        p.epoch = epoch;
+        Some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh record: all zeros, as in a fresh zone.
+    fn zeroed<T: Default>() -> T {
+        T::default()
+    }
+
+    fn ok(ms: u64) -> TryOutcome {
+        TryOutcome {
+            status_class: Some(1),
+            failed: false,
+            response_msec: ms,
+            header_msec: Some(ms / 2),
+            in_bytes: 100,
+            out_bytes: 10,
+        }
+    }
+
+    fn failed() -> TryOutcome {
+        TryOutcome {
+            status_class: None,
+            failed: true,
+            response_msec: 3,
+            header_msec: None,
+            in_bytes: 0,
+            out_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_try_is_counted_once_everywhere() {
+        let p: PeerSlot = zeroed();
+        assert!(!p.record(&ok(40), 1_000, 1));
+        let c = p.live.load(0);
+        assert_eq!((c.requests, c.in_bytes, c.out_bytes), (1, 100, 10));
+        assert_eq!(c.responses, [0, 1, 0, 0, 0]);
+        assert_eq!(c.response_msec, 40);
+        assert_eq!(c.latency_hist.iter().sum::<u64>(), 1);
+        // The estimate follows the header time (20 ms), not the last byte.
+        assert_eq!(p.latency_ms(1_000), 20.0);
+    }
+
+    #[test]
+    fn a_success_after_max_fails_failures_is_a_return() {
+        let p: PeerSlot = zeroed();
+        assert!(!p.record(&failed(), 10, 2));
+        assert!(
+            !p.record(&ok(5), 20, 2),
+            "one failure of max_fails=2 is no return"
+        );
+        assert!(!p.record(&failed(), 30, 2));
+        assert!(!p.record(&failed(), 40, 2));
+        assert!(p.record(&ok(5), 50, 2), "back after two failures");
+        assert!(!p.record(&ok(5), 60, 2), "once");
+        assert_eq!(p.live.load(0).failures, 3);
+        // max_fails=0 (nginx never marks it failed) still counts one.
+        assert!(!p.record(&failed(), 70, 0));
+        assert!(p.record(&ok(5), 80, 0));
+    }
+
+    #[test]
+    fn a_failure_reads_as_slow_then_decays() {
+        let p: PeerSlot = zeroed();
+        p.record(&ok(10), 1_000, 1);
+        p.record(&failed(), 1_010, 1);
+        assert_eq!(p.latency_ms(1_010), crate::choose::FAILURE_PENALTY_MS);
+        assert!(p.latency_ms(3_010) <= 1.0, "{}", p.latency_ms(3_010));
+        p.forget_failures();
+        assert_eq!(p.latency_ms(3_010), 0.0);
+        assert_eq!(p.failure_run.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn decisions_are_published_and_claimed_once_per_interval() {
+        let a: AgentSlot = zeroed();
+        a.next_decision_ms.store(1_000, Ordering::Relaxed);
+        assert_eq!(a.try_claim(999, 500), None, "not due");
+        assert_eq!(a.try_claim(1_000, 500), Some(1_000));
+        assert_eq!(a.try_claim(1_001, 500), None, "claimed for this interval");
+        assert_eq!(a.due_in(1_200), 300);
+        let p = Published {
+            state: Some(3),
+            action: Some(1),
+            explored: true,
+            log_likelihood: Some(-2.5),
+            last_decision_wall_ms: 77,
+            pid: 42,
+            ..Published::default()
+        };
+        let w: [AtomicU32; 2] = Default::default();
+        let e = a.publish(&p, |b| w[b].store(9, Ordering::Relaxed));
+        let mut seen = 0;
+        let got = a.read(|b| seen = w[b].load(Ordering::Relaxed)).unwrap();
+        assert_eq!((got.epoch, seen), (e, 9));
+        assert_eq!(got.state, Some(3));
+        assert_eq!(got.action, Some(1));
+        assert!(got.explored && !got.ood);
+        assert_eq!(got.log_likelihood, Some(-2.5));
+        assert_eq!((got.last_decision_wall_ms, got.pid), (77, 42));
+    }
+}
