@@ -42,9 +42,6 @@ pub struct UpstreamConf {
     pub max_fails: Vec<u32>,
     /// Index of the first peer in the zone's peer slots.
     pub slot_base: usize,
-    /// Per peer, the zone slots of the same address in other upstreams (any
-    /// agent): `choose=p2c` counts their requests in flight too.
-    pub siblings: Vec<Vec<usize>>,
     /// Index of this upstream in the agent (and in its policy).
     pub index: usize,
     /// Worker-local: the decision epoch whose weights this worker applied.
@@ -149,6 +146,9 @@ pub struct MainConf {
     pub block: Cell<*mut u8>,
     /// Total peer slots.
     pub total_peers: usize,
+    /// Per peer slot, the slot counting the requests in flight at its
+    /// address when several slots name it (`choose=p2c` compares those).
+    pub shared_address: Vec<Option<usize>>,
     /// Worker-local: the in-flight shard this process claimed in the zone.
     pub shard: Cell<Option<usize>>,
     /// Worker-local: the decision timers of this cycle were started.
@@ -181,6 +181,7 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
             zone: ptr::null_mut(),
             block: Cell::new(ptr::null_mut()),
             total_peers: 0,
+            shared_address: Vec::new(),
             shard: Cell::new(None),
             timers_started: Cell::new(false),
         })

@@ -204,7 +204,6 @@ unsafe fn deep_sched_inner(cf: *mut ngx_conf_t, scf: &mut SrvConf) -> *mut c_cha
         configured_weights: Vec::new(),
         max_fails: Vec::new(),
         slot_base: 0,
-        siblings: Vec::new(),
         index,
         applied_epoch: Cell::new(0),
         initialised: false,
@@ -325,10 +324,7 @@ unsafe fn postconfiguration_inner(cf: *mut ngx_conf_t) -> ngx_int_t {
                 .flat_map(|u| u.peers.iter().map(String::as_str))
         })
         .collect();
-    let mut siblings = deep_sched_core::choose::same_address_slots(&names).into_iter();
-    for up in main.agents.iter_mut().flat_map(|a| a.upstreams.iter_mut()) {
-        up.siblings = siblings.by_ref().take(up.peers.len()).collect();
-    }
+    main.shared_address = deep_sched_core::choose::shared_addresses(&names);
 
     // SAFETY: cf is live; main lives in the configuration pool.
     if !unsafe { zone::add_zone(cf, main, &layout) } {

@@ -514,16 +514,12 @@ fn peer_load(
             .load(core::sync::atomic::Ordering::Relaxed),
         agent.args.slow_start_ms,
     );
-    let others: u64 = up
-        .siblings
-        .get(i)
-        .map_or(0, |v| v.iter().map(|&j| view.peer(j).inflight()).sum());
     let eff = peer.effective_weight.max(1) as f64;
     let weight = eff * P2C_WEIGHT_SCALE;
     let load = PeerLoad {
         weight: weight as u32,
         draw_weight: (weight * ramp).round().max(1.0) as u32,
-        inflight: s.inflight() + others,
+        inflight: view.address_inflight(up.slot_base + i),
         latency_ewma_ms: s.latency_ms(now_ms),
         eligible: true,
     };

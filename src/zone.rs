@@ -62,6 +62,8 @@ pub struct ZoneView {
     base: *mut u8,
     agents: usize,
     peers: usize,
+    /// The main conf's `shared_address` (one entry per peer slot).
+    shared: *const Option<usize>,
 }
 
 /// Size of the block the module allocates in the zone for `agents` agents
@@ -80,10 +82,11 @@ impl ZoneView {
     /// The view of `main`'s block, once the zone is mapped.
     pub fn of(main: &MainConf) -> Option<ZoneView> {
         let base = main.block.get();
-        (!base.is_null()).then_some(ZoneView {
+        (!base.is_null() && main.shared_address.len() == main.total_peers).then_some(ZoneView {
             base,
             agents: main.agents.len(),
             peers: main.total_peers,
+            shared: main.shared_address.as_ptr(),
         })
     }
 
@@ -128,10 +131,36 @@ impl ZoneView {
         unsafe { &*counts.add(peer) }
     }
 
-    /// Counts a request to `peer` starting (`delta` 1) or ending (-1), in
-    /// the peer's gauge and in this process's shard.
-    pub fn add_inflight(&self, shard: Option<usize>, peer: usize, delta: i64) {
+    /// The slot counting in flight at `peer`'s address, when shared.
+    pub fn shared_address(&self, peer: usize) -> Option<usize> {
+        assert!(peer < self.peers, "peer slot {peer} out of range");
+        // SAFETY: `shared` has one entry per peer slot (checked in `of`) and
+        // lives as long as the configuration.
+        unsafe { *self.shared.add(peer) }
+    }
+
+    /// Requests in flight at `peer`'s address (over every slot naming it).
+    pub fn address_inflight(&self, peer: usize) -> u64 {
+        match self.shared_address(peer) {
+            Some(a) => self.peer(a).address_inflight.load(Ordering::Relaxed).max(0) as u64,
+            None => self.peer(peer).inflight(),
+        }
+    }
+
+    fn count(&self, peer: usize, delta: i64) {
         self.peer(peer).inflight.fetch_add(delta, Ordering::Relaxed);
+        if let Some(a) = self.shared_address(peer) {
+            self.peer(a)
+                .address_inflight
+                .fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a request to `peer` starting (`delta` 1) or ending (-1), in
+    /// the peer's gauge (and its address's, when shared) and in this
+    /// process's shard.
+    pub fn add_inflight(&self, shard: Option<usize>, peer: usize, delta: i64) {
+        self.count(peer, delta);
         if let Some(s) = shard {
             self.shard_count(s, peer)
                 .fetch_add(delta, Ordering::Relaxed);
@@ -173,7 +202,7 @@ impl ZoneView {
             for p in 0..self.peers {
                 let n = self.shard_count(s, p).swap(0, Ordering::AcqRel);
                 if n != 0 {
-                    self.peer(p).inflight.fetch_sub(n, Ordering::Relaxed);
+                    self.count(p, -n);
                     returned += n;
                 }
             }

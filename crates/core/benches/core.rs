@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use criterion::{criterion_group, criterion_main, Criterion};
 use deep_sched_core::choose::{decayed_latency, p2c, PeerLoad};
 use deep_sched_core::counters::latency_bucket;
-use deep_sched_core::draw::{p2c_drawn, DrawTable, Drawn, Pick};
+use deep_sched_core::draw::{p2c_drawn, DrawTable, Drawn};
 use deep_sched_core::gmm::{CovarianceKind, Gmm};
 use deep_sched_core::policy::Policy;
 use deep_sched_core::publish::Publication;
@@ -114,7 +114,8 @@ fn bench_pick_at_scale(c: &mut Criterion) {
                     },
                     &mut rng,
                 );
-                assert!(matches!(pick, Pick::Peer(_)));
+                // A rare ScanSecond (16 redraws of the first peer) costs the
+                // module a scan; it is left out here.
                 pick
             })
         });

@@ -256,21 +256,23 @@ pub fn p2c_second<R: Rng + ?Sized>(peers: &[PeerLoad], a: usize, rng: &mut R) ->
     }
 }
 
-/// For every peer slot, the other slots with the same address: a backend
-/// named by several upstreams (the research's one upstream per request
-/// type) holds the requests of all of them, so its load is the sum of
-/// their in-flight counts. `names[i]` is slot `i`'s address.
-pub fn same_address_slots(names: &[&str]) -> Vec<Vec<usize>> {
+/// For every peer slot, the slot that counts the requests in flight at its
+/// address when several slots share it, else `None`: a backend named by
+/// several upstreams (the research's one upstream per request type), or
+/// several times in one, holds the requests of all of them, so its load is
+/// their sum — kept once, in the group's first slot, instead of summed per
+/// request. `names[i]` is slot `i`'s address. O(n).
+pub fn shared_addresses(names: &[&str]) -> Vec<Option<usize>> {
+    let mut first: std::collections::HashMap<&str, (usize, usize)> =
+        std::collections::HashMap::with_capacity(names.len());
+    for (i, n) in names.iter().enumerate() {
+        first.entry(n).or_insert((i, 0)).1 += 1;
+    }
     names
         .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            names
-                .iter()
-                .enumerate()
-                .filter(|&(j, m)| j != i && m == n)
-                .map(|(j, _)| j)
-                .collect()
+        .map(|n| match first[n] {
+            (slot, count) if count > 1 => Some(slot),
+            _ => None,
         })
         .collect()
 }
@@ -458,15 +460,11 @@ mod tests {
     }
 
     #[test]
-    fn same_address_slots_pairs_equal_names_only() {
+    fn shared_addresses_point_at_the_groups_first_slot() {
         let names = ["a:1", "b:1", "a:1", "c:1", "a:1", "b:1"];
-        let s = same_address_slots(&names);
-        assert_eq!(s[0], vec![2, 4]);
-        assert_eq!(s[1], vec![5]);
-        assert_eq!(s[2], vec![0, 4]);
-        assert!(s[3].is_empty());
-        assert_eq!(s[5], vec![1]);
-        assert!(same_address_slots(&[]).is_empty());
+        let s = shared_addresses(&names);
+        assert_eq!(s, vec![Some(0), Some(1), Some(0), None, Some(0), Some(1)]);
+        assert!(shared_addresses(&[]).is_empty());
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub struct PeerSlot {
     pub prev: CounterCells,
     /// Requests now at the peer, all processes (a gauge).
     pub inflight: AtomicI64,
+    /// Requests now at this peer's address over every slot that names it
+    /// (kept in the first such slot only; see
+    /// [`crate::choose::shared_addresses`]).
+    pub address_inflight: AtomicI64,
     /// Recent time to the response header, ms, as `f64` bits: the peak
     /// EWMA (`deep_sched_core::choose::peak_ewma`).
     pub latency_ewma: AtomicU64,
