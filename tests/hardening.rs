@@ -197,7 +197,10 @@ fn a_failed_peer_recovers_gradually_as_with_round_robin() {
     // A full share would be 20 of 60; at weight 500 the back-off
     // (effective_weight 0, one step back per pick) keeps the peer near 2.
     assert!(rr < 8, "round robin recovers gradually: {rr}");
-    assert!(ds < 8, "deep_sched recovers as gradually: {ds} (round robin {rr})");
+    assert!(
+        ds < 8,
+        "deep_sched recovers as gradually: {ds} (round robin {rr})"
+    );
 }
 
 fn worker_pids(master: u32) -> Vec<u32> {
