@@ -25,7 +25,7 @@ cargo test --release --manifest-path crates/core/fuzz/Cargo.toml 2>&1 | tee -a "
 # The decision's publication protocol, model-checked with loom (every
 # interleaving and weak-memory outcome); its own target dir, since the cfg
 # changes every crate's build.
-RUSTFLAGS="--cfg loom" cargo test -p deep-sched-core --lib --target-dir target/loom publish 2>&1 \
+RUSTFLAGS="--cfg loom" cargo test -p deep-sched-core --lib --target-dir target/loom publish::loom_tests 2>&1 \
     | tee -a "$log" || status=1
 # The main job end to end (scripts/demo.sh --quick, ~3 min), checked.
 scripts/test-demo.sh 2>&1 | tee -a "$log" || status=1

@@ -82,6 +82,7 @@ pub unsafe fn start_timers(cycle: *mut ngx_cycle_t) {
     let pid = unsafe { ngx_pid } as u64;
     let (shard, returned) = view.claim_shard(pid);
     main.shard.set(shard);
+    main.counter_shard.set(view.claim_counter_shard(pid));
     // SAFETY: the cycle log lives as long as the cycle.
     let log = unsafe { (*cycle).log };
     log_handed_back(log, returned);
@@ -210,7 +211,7 @@ fn snapshot(
         let mut p = Vec::with_capacity(up.peers.len());
         for i in 0..up.peers.len() {
             let s = view.peer(up.slot_base + i);
-            c.push(s.live.load(s.inflight()));
+            c.push(view.counters(up.slot_base + i, s.inflight()));
             p.push(s.prev.load(0));
         }
         cur.push(c);

@@ -151,6 +151,11 @@ pub struct MainConf {
     pub shared_address: Vec<Option<usize>>,
     /// Worker-local: the in-flight shard this process claimed in the zone.
     pub shard: Cell<Option<usize>>,
+    /// Counter shards in the zone (two per worker process, for a reload's
+    /// old and new generation, plus two).
+    pub counter_shards: usize,
+    /// Worker-local: the counter shard this process claimed in the zone.
+    pub counter_shard: Cell<Option<usize>>,
     /// Worker-local: the decision timers of this cycle were started.
     pub timers_started: Cell<bool>,
 }
@@ -183,6 +188,8 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
             total_peers: 0,
             shared_address: Vec::new(),
             shard: Cell::new(None),
+            counter_shards: 0,
+            counter_shard: Cell::new(None),
             timers_started: Cell::new(false),
         })
         .cast()

@@ -263,11 +263,17 @@ unsafe fn postconfiguration_inner(cf: *mut ngx_conf_t) -> ngx_int_t {
     let mut slot = 0usize;
     // The slot sizes are part of the layout: a build whose zone records
     // differ never adopts an old zone.
+    // SAFETY: cf->cycle is live; its core conf exists from the start of
+    // the configuration (worker_processes is NGX_CONF_UNSET if it comes
+    // after the http block).
+    let workers = unsafe { zone::configured_workers((*cf).cycle) };
+    main.counter_shards = zone::counter_shards_for(workers);
     let mut layout = format!(
-        "{}/{}/{};",
+        "{}/{}/{}/{};",
         core::mem::size_of::<zone::AgentSlot>(),
         core::mem::size_of::<zone::PeerSlot>(),
-        zone::SHARDS
+        zone::SHARDS,
+        main.counter_shards
     );
     for agent in &mut main.agents {
         if let Some(p) = &agent.policy {

@@ -74,7 +74,7 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                     .enumerate()
                     .map(|(i, name)| {
                         let s = view.peer(u.slot_base + i);
-                        let c = s.live.load(s.inflight());
+                        let c = view.counters(u.slot_base + i, s.inflight());
                         let prev = s.prev.requests.load(Ordering::Relaxed);
                         PeerStatus {
                             server: name.clone(),

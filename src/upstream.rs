@@ -720,7 +720,8 @@ unsafe fn record_try(pd: &mut PeerData, state: ngx_uint_t) {
         };
         let i = slot - up.slot_base;
         let max_fails = up.max_fails.get(i).copied().unwrap_or(1);
-        let back = view.peer(slot).record(&outcome, now, max_fails);
+        let cells = view.counter_cells(main.counter_shard.get(), slot);
+        let back = view.peer(slot).record_into(cells, &outcome, now, max_fails);
         if back && agent.args.slow_start_ms > 0 {
             view.peer(slot)
                 .slow_start_since_ms

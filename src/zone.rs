@@ -32,7 +32,8 @@ use core::ffi::c_void;
 use core::ptr;
 use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-pub use deep_sched_core::slots::{AgentSlot, PeerSlot, Published, TryOutcome};
+use deep_sched_core::counters::PeerCounters;
+pub use deep_sched_core::slots::{AgentSlot, CounterCells, PeerSlot, Published, TryOutcome};
 use ngx::ffi::{
     ngx_conf_t, ngx_current_msec, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_slab_alloc,
     ngx_slab_pool_t, NGX_ERROR, NGX_OK,
@@ -62,16 +63,50 @@ pub struct ZoneView {
     base: *mut u8,
     agents: usize,
     peers: usize,
+    counter_shards: usize,
     /// The main conf's `shared_address` (one entry per peer slot).
     shared: *const Option<usize>,
 }
 
-/// Size of the block the module allocates in the zone for `agents` agents
-/// and `peers` peers in total.
-pub fn block_size(agents: usize, peers: usize) -> usize {
+/// Size of the block the module allocates in the zone for `agents` agents,
+/// `peers` peers in total and `counter_shards` counter shards.
+pub fn block_size(agents: usize, peers: usize, counter_shards: usize) -> usize {
     agents * core::mem::size_of::<AgentSlot>()
         + peers * core::mem::size_of::<PeerSlot>()
         + SHARDS * shard_size(peers)
+        + counter_shards * counter_shard_size(peers)
+}
+
+fn counter_shard_size(peers: usize) -> usize {
+    core::mem::size_of::<ShardHeader>() + peers * core::mem::size_of::<CounterCells>()
+}
+
+/// Most counter shards a zone gets, whatever `worker_processes` says.
+pub const MAX_COUNTER_SHARDS: usize = 34;
+
+/// Counter shards for `workers` worker processes: one per worker of two
+/// generations (a reload's old workers drain while the new ones start),
+/// plus two, at most [`MAX_COUNTER_SHARDS`]. A process that finds none free
+/// counts into the peers' shared cells: the counts stay exact.
+pub fn counter_shards_for(workers: usize) -> usize {
+    (2 * workers.max(1) + 2).min(MAX_COUNTER_SHARDS)
+}
+
+/// `worker_processes` as configured so far (1 when not set yet).
+///
+/// # Safety
+/// `cycle` must be the cycle being configured.
+pub unsafe fn configured_workers(cycle: *mut ngx::ffi::ngx_cycle_t) -> usize {
+    // SAFETY: conf_ctx[ngx_core_module.index] is the core conf, created
+    // before the configuration is read.
+    unsafe {
+        let ccf = *(*cycle).conf_ctx.add(ngx::ffi::ngx_core_module.index)
+            as *const ngx::ffi::ngx_core_conf_t;
+        if ccf.is_null() {
+            return 1;
+        }
+        usize::try_from((*ccf).worker_processes).unwrap_or(1).max(1)
+    }
 }
 
 fn shard_size(peers: usize) -> usize {
@@ -86,6 +121,7 @@ impl ZoneView {
             base,
             agents: main.agents.len(),
             peers: main.total_peers,
+            counter_shards: main.counter_shards,
             shared: main.shared_address.as_ptr(),
         })
     }
@@ -122,6 +158,64 @@ impl ZoneView {
             let h = first.add(shard * shard_size(self.peers)) as *const ShardHeader;
             (&*h, h.add(1) as *const AtomicI64)
         }
+    }
+
+    fn counter_shard(&self, shard: usize) -> (&ShardHeader, *const CounterCells) {
+        assert!(
+            shard < self.counter_shards,
+            "counter shard {shard} out of range"
+        );
+        // SAFETY: the counter shards follow the in-flight shards, each a
+        // header and one CounterCells per peer; zeroed memory is a free
+        // shard with zero counts.
+        unsafe {
+            let first = self.base.add(
+                self.agents * core::mem::size_of::<AgentSlot>()
+                    + self.peers * core::mem::size_of::<PeerSlot>()
+                    + SHARDS * shard_size(self.peers),
+            );
+            let h = first.add(shard * counter_shard_size(self.peers)) as *const ShardHeader;
+            (&*h, h.add(1) as *const CounterCells)
+        }
+    }
+
+    /// Where process `shard`'s counts of `peer` go: its counter shard, or
+    /// the peer's shared cells.
+    pub fn counter_cells(&self, shard: Option<usize>, peer: usize) -> &CounterCells {
+        assert!(peer < self.peers, "peer slot {peer} out of range");
+        match shard {
+            Some(s) => {
+                let (_, cells) = self.counter_shard(s);
+                // SAFETY: a counter shard has one CounterCells per peer.
+                unsafe { &*cells.add(peer) }
+            }
+            None => &self.peer(peer).live,
+        }
+    }
+
+    /// `peer`'s cumulative counters over every process (the shared cells
+    /// and every counter shard, whether its process lives or not: counts
+    /// never go back), with `inflight` as the gauge.
+    pub fn counters(&self, peer: usize, inflight: u64) -> PeerCounters {
+        let mut c = self.peer(peer).live.load(inflight);
+        for s in 0..self.counter_shards {
+            c.merge(&self.counter_cells(Some(s), peer).load(0));
+        }
+        c
+    }
+
+    /// Claims a counter shard for process `pid`: a free one, or one whose
+    /// process is gone, whose counts it then goes on adding to (they are
+    /// cumulative; nothing is handed back). `None` when all are taken.
+    pub fn claim_counter_shard(&self, pid: u64) -> Option<usize> {
+        (0..self.counter_shards).find(|&s| {
+            let (h, _) = self.counter_shard(s);
+            let owner = h.owner.load(Ordering::Acquire);
+            (owner == 0 || (owner != pid && !process_alive(owner)))
+                && h.owner
+                    .compare_exchange(owner, pid, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+        })
     }
 
     fn shard_count(&self, shard: usize, peer: usize) -> &AtomicI64 {
@@ -233,7 +327,7 @@ unsafe impl Sync for ZoneView {}
 /// Configuration time, after every upstream was initialised: adds the zone
 /// named by `layout`'s hash, sized for `main`'s agents and peers.
 pub unsafe fn add_zone(cf: *mut ngx_conf_t, main: &mut MainConf, layout: &str) -> bool {
-    let bytes = block_size(main.agents.len(), main.total_peers);
+    let bytes = block_size(main.agents.len(), main.total_peers, main.counter_shards);
     // Room for the slab allocator's own pages and rounding.
     let size = (bytes + 16 * 4096).next_multiple_of(4096);
     let name = format!("deep_sched_{:016x}", fnv1a(layout.as_bytes()));
@@ -277,7 +371,7 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
             let mut block = (*shpool).data as *mut u8;
             let fresh = block.is_null();
             if fresh {
-                let bytes = block_size(main.agents.len(), main.total_peers);
+                let bytes = block_size(main.agents.len(), main.total_peers, main.counter_shards);
                 block = ngx_slab_alloc(shpool, bytes) as *mut u8;
                 if block.is_null() {
                     return NGX_ERROR as ngx_int_t;
@@ -342,7 +436,7 @@ fn init_slots(main: &MainConf, view: &ZoneView, now: u64) {
         for up in &agent.upstreams {
             for i in 0..up.peers.len() {
                 let p = view.peer(up.slot_base + i);
-                p.prev.store(&p.live.load(0));
+                p.prev.store(&view.counters(up.slot_base + i, 0));
             }
         }
         slot.prev_decision_ms.store(now, Ordering::Relaxed);

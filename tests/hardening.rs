@@ -215,6 +215,15 @@ fn worker_pids(master: u32) -> Vec<u32> {
         .collect()
 }
 
+fn requests(st: &Value) -> u64 {
+    st["agents"][0]["upstreams"][0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["requestCounter"].as_u64().unwrap())
+        .sum()
+}
+
 fn inflight(st: &Value) -> Vec<u64> {
     st["agents"][0]["upstreams"][0]["peers"]
         .as_array()
@@ -253,8 +262,10 @@ fn in_flight_of_a_killed_worker_heals_within_an_interval() {
     std::thread::sleep(Duration::from_millis(1500));
     let workers = worker_pids(nginx.pid());
     assert_eq!(workers.len(), 2, "two workers: {workers:?}");
-    let busy = inflight(&nginx.status()).iter().sum::<u64>();
+    let before = nginx.status();
+    let busy = inflight(&before).iter().sum::<u64>();
     assert!(busy > 0, "requests in flight before the kill");
+    let counted_before = requests(&before);
     std::process::Command::new("kill")
         .args(["-9", &workers[0].to_string()])
         .status()
@@ -279,6 +290,13 @@ fn in_flight_of_a_killed_worker_heals_within_an_interval() {
     assert!(
         nginx.error_log().contains("handed back"),
         "the reconciliation is logged"
+    );
+    // What the killed worker counted (in its own counter shard) is kept:
+    // cumulative counters never go back.
+    let counted_after = requests(&nginx.status());
+    assert!(
+        counted_after >= counted_before,
+        "requests counted {counted_before} before the kill, {counted_after} after"
     );
     // And p2c spreads sequential requests evenly again.
     let even = spread(&nginx, 90);

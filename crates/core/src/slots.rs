@@ -73,7 +73,8 @@ impl CounterCells {
 #[repr(C)]
 #[derive(Default)]
 pub struct PeerSlot {
-    /// Live cumulative counters.
+    /// Live cumulative counters of processes without a counter shard of
+    /// their own (the zone adds every shard's to these when read).
     pub live: CounterCells,
     /// The snapshot taken at the last decision.
     pub prev: CounterCells,
@@ -118,7 +119,21 @@ impl PeerSlot {
     /// nginx's cached clock. Returns true when this success ends a run of
     /// at least `max_fails` failures (the peer is back).
     pub fn record(&self, outcome: &TryOutcome, now_ms: u64, max_fails: u32) -> bool {
-        let c = &self.live;
+        self.record_into(&self.live, outcome, now_ms, max_fails)
+    }
+
+    /// As [`PeerSlot::record`], counting into `c`: the recording process's
+    /// own counter shard (off the cache lines other workers write), or this
+    /// slot's shared `live` cells for a process without one. The latency
+    /// estimate and the failure run stay in this slot, where every worker
+    /// reads them.
+    pub fn record_into(
+        &self,
+        c: &CounterCells,
+        outcome: &TryOutcome,
+        now_ms: u64,
+        max_fails: u32,
+    ) -> bool {
         c.requests.fetch_add(1, Ordering::Relaxed);
         c.in_bytes.fetch_add(outcome.in_bytes, Ordering::Relaxed);
         c.out_bytes.fetch_add(outcome.out_bytes, Ordering::Relaxed);
@@ -309,7 +324,9 @@ impl AgentSlot {
     }
 }
 
-#[cfg(test)]
+// The publication uses loom's atomics under `--cfg loom`: these tests run
+// without it.
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
