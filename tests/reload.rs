@@ -641,6 +641,27 @@ fn first_decision_with(
     })
 }
 
+/// Stops `load` and checks the single process survived, no request on a
+/// connection opened before the reload failed, and more than 50 were
+/// answered after it.
+fn stop_and_check_after_reload(nginx: &Nginx, load: KeepAliveLoad, sent_before: u64) {
+    let (sent, failed) = load.stop();
+    assert_alive(nginx, "after the run");
+    eprintln!(
+        "{} requests after the reload, {failed} failed",
+        sent - sent_before
+    );
+    assert_eq!(
+        failed, 0,
+        "failed requests on connections opened before the reload"
+    );
+    assert!(
+        sent - sent_before > 50,
+        "requests answered after the reload: {}",
+        sent - sent_before
+    );
+}
+
 fn assert_one_per_interval(lines: &[Value], min_gap_ms: i64, what: &str) {
     for w in lines.windows(2) {
         let gap = time_ms(&w[1]) as i64 - time_ms(&w[0]) as i64;
@@ -709,21 +730,7 @@ fn single_process_reload_to_a_new_layout_keeps_deciding() {
         assert_alive(&nginx, "under traffic after the reload");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (sent, failed) = load.stop();
-    assert_alive(&nginx, "after the run");
-    eprintln!(
-        "{} requests after the reload, {failed} failed",
-        sent - sent_before
-    );
-    assert_eq!(
-        failed, 0,
-        "failed requests on connections opened before the reload"
-    );
-    assert!(
-        sent - sent_before > 50,
-        "requests answered after the reload: {}",
-        sent - sent_before
-    );
+    stop_and_check_after_reload(&nginx, load, sent_before);
     assert!(
         resumed <= Duration::from_millis(1500),
         "decisions resumed {resumed:?} after the reload (about 600 ms expected)"
@@ -793,17 +800,7 @@ fn single_process_reload_keeping_the_zone_keeps_deciding() {
         assert_alive(&nginx, "after the reload");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (sent, failed) = load.stop();
-    assert_alive(&nginx, "after the run");
-    assert_eq!(
-        failed, 0,
-        "failed requests on connections opened before the reload"
-    );
-    assert!(
-        sent - sent_before > 50,
-        "requests answered after the reload: {}",
-        sent - sent_before
-    );
+    stop_and_check_after_reload(&nginx, load, sent_before);
     let lines = samples(&nginx, "logs/samples.jsonl");
     // The same zone: the sequence goes on across the reload.
     assert_one_per_interval(&lines, 150, "across the reload");
