@@ -8,6 +8,7 @@ use core::sync::atomic::Ordering;
 use deep_sched_core::choose::slow_start_factor;
 use deep_sched_core::counters::percentile;
 use deep_sched_core::directive::{ChooseArg, ModeArg};
+use deep_sched_core::publish::buffer_of;
 use deep_sched_core::status::{
     AgentStatus, PeerStatus, Percentiles, PolicyStatus, StatusDocument, UpstreamStatus,
 };
@@ -99,7 +100,7 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                                 a.args.slow_start_ms,
                             ),
                             rps: c.requests.saturating_sub(prev) as f64 / since,
-                            weight: s.weight[published.epoch as usize & 1].load(Ordering::Relaxed),
+                            weight: s.weight[buffer_of(published.epoch)].load(Ordering::Relaxed),
                             configured_weight: u.configured_weights[i],
                         }
                     })

@@ -126,9 +126,10 @@ impl Publication {
     }
 }
 
-/// The buffer that holds epoch `e`.
+/// The buffer that holds epoch `e` (for a reader that takes the epoch from
+/// [`Publication::read`] and reads more of the same buffer afterwards).
 #[inline]
-fn buffer_of(epoch: u64) -> usize {
+pub fn buffer_of(epoch: u64) -> usize {
     (epoch & 1) as usize
 }
 
