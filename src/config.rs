@@ -124,7 +124,7 @@ impl AgentConf {
             .iter()
             .map(|u| (u.name.clone(), u.peers.clone()))
             .collect();
-        Decider::new(self.mode(), &self.key, names, configured)
+        Decider::new(self.mode(), &self.key, names, configured).with_choose(self.args.choose.name())
     }
 
     /// The upstream with policy index `index`.

@@ -12,13 +12,13 @@ use core::ffi::{c_char, c_void};
 use core::ptr;
 use std::sync::Arc;
 
-use deep_sched_core::directive::{self as args, ModeArg};
+use deep_sched_core::directive::{self as args, ChooseArg, ModeArg};
 use deep_sched_core::policy::Policy;
 use ngx::ffi::{
     ngx_conf_full_name, ngx_conf_open_file, ngx_conf_t, ngx_int_t, ngx_open_file_t, ngx_uint_t,
     NGX_HTTP_UPSTREAM_BACKUP, NGX_HTTP_UPSTREAM_CREATE, NGX_HTTP_UPSTREAM_DOWN,
     NGX_HTTP_UPSTREAM_FAIL_TIMEOUT, NGX_HTTP_UPSTREAM_MAX_CONNS, NGX_HTTP_UPSTREAM_MAX_FAILS,
-    NGX_HTTP_UPSTREAM_WEIGHT, NGX_LOG_EMERG,
+    NGX_HTTP_UPSTREAM_WEIGHT, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
 use ngx::ngx_conf_log_error;
 
@@ -130,6 +130,21 @@ unsafe fn deep_sched_inner(cf: *mut ngx_conf_t, scf: &mut SrvConf) -> *mut c_cha
                 match Policy::load(path) {
                     Ok(p) => policy = Some(Arc::new(p)),
                     Err(e) => return conf_error(cf, &e.to_string()),
+                }
+            }
+            if let Some(p) = &policy {
+                if parsed.choose == ChooseArg::Wrr && p.learned_under().is_some_and(|c| c != "wrr")
+                {
+                    ngx_conf_log_error!(
+                        NGX_LOG_WARN,
+                        cf,
+                        "deep_sched: policy \"{}\" was learned under choose={}, served here with \
+                         choose=wrr: its weights were never tried without the per-request \
+                         correction, and a smooth round robin keeps sending a peer its share \
+                         when the table is wrong (drop \"choose=wrr\" to serve it as learned)",
+                        key,
+                        p.learned_under().unwrap_or_default()
+                    );
                 }
             }
             let interval_ms = parsed

@@ -7,7 +7,7 @@ use core::sync::atomic::Ordering;
 
 use deep_sched_core::choose::slow_start_factor;
 use deep_sched_core::counters::percentile;
-use deep_sched_core::directive::{ChooseArg, ModeArg};
+use deep_sched_core::directive::ModeArg;
 use deep_sched_core::publish::buffer_of;
 use deep_sched_core::status::{
     AgentStatus, PeerStatus, Percentiles, PolicyStatus, StatusDocument, UpstreamStatus,
@@ -115,11 +115,7 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                 ModeArg::Policy(_) => "policy",
             }
             .into(),
-            choose: match a.args.choose {
-                ChooseArg::Wrr => "wrr",
-                ChooseArg::P2c => "p2c",
-            }
-            .into(),
+            choose: a.args.choose.name().into(),
             interval_msec: a.interval_ms,
             policy: a.policy.as_ref().map(|p| PolicyStatus {
                 file: a.policy_path.clone().unwrap_or_default(),

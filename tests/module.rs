@@ -147,8 +147,9 @@ fn policy_moves_weight_away_from_a_slow_peer() {
         slow_peer_policy(&backend_names(&b), 500).to_string(),
     )
     .unwrap();
+    // Explicit wrr: the share below is exact under a smooth round robin.
     let nginx = Nginx::start(&full_config(
-        &policy_http(&b, &policy.display().to_string(), ""),
+        &policy_http(&b, &policy.display().to_string(), " choose=wrr"),
         2,
     ));
     let load = Load::start(nginx.port, 4, &[READ]);
@@ -517,6 +518,61 @@ fn bad_directives_fail_nginx_t() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{directive}: accepted");
         assert!(stderr.contains(needle), "{directive}: {stderr}");
+    }
+}
+
+/// With a policy the per-request choice defaults to p2c; an explicit
+/// `choose=wrr` for a policy learned under p2c is accepted with a warning
+/// that says why; the sample log records the choice and the propensity.
+#[test]
+fn a_policy_defaults_to_p2c_and_wrr_for_a_p2c_policy_warns() {
+    let b = backends(3, 16, 2.0);
+    let dir = TempDir::new("choose-default");
+    let names = backend_names(&b);
+    let mut learned = slow_peer_policy(&names, 300);
+    learned["provenance"]["choose"] = json!("p2c");
+    let path = dir.path().join("p2c.json");
+    std::fs::write(&path, learned.to_string()).unwrap();
+    let policy = path.display().to_string();
+    let nginx_t = |conf: &str| harness::nginx_t(&conf.replace("{port}", "1"));
+
+    let out = nginx_t(&full_config(&policy_http(&b, &policy, " choose=wrr"), 1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "accepted: {stderr}");
+    assert!(
+        stderr.contains("[warn]") && stderr.contains("learned under choose=p2c"),
+        "warns: {stderr}"
+    );
+    let out = nginx_t(&full_config(&policy_http(&b, &policy, ""), 1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("[warn]"),
+        "{stderr}"
+    );
+    // A policy that does not say what it was learned under: no warning.
+    let unknown = dir.path().join("unknown.json");
+    std::fs::write(&unknown, slow_peer_policy(&names, 300).to_string()).unwrap();
+    let conf = policy_http(&b, &unknown.display().to_string(), " choose=wrr");
+    let out = nginx_t(&full_config(&conf, 1));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("[warn]"));
+
+    let log = dir.path().join("samples.jsonl");
+    let extra = format!(" log={}", log.display());
+    let nginx = Nginx::start(&full_config(&policy_http(&b, &policy, &extra), 2));
+    assert_eq!(nginx.status()["agents"][0]["choose"], "p2c");
+    let load = Load::start(nginx.port, 2, &[READ]);
+    let line = wait_for(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines().nth(1).map(str::to_owned)
+    })
+    .expect("two sample lines");
+    let (_, failed) = load.stop();
+    assert_eq!(failed, 0);
+    let sample: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(sample["choose"], "p2c");
+    assert_eq!(sample["propensity"], 1.0);
+    for p in sample["upstreams"][0]["peers"].as_array().unwrap() {
+        assert!(p["inflight_start"].is_u64(), "{p}");
     }
 }
 

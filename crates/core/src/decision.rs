@@ -76,6 +76,7 @@ pub struct Decider {
     features: FeatureSet,
     scores: Vec<f64>,
     scratch: Vec<f64>,
+    choose: Option<String>,
 }
 
 impl Decider {
@@ -109,7 +110,15 @@ impl Decider {
             features,
             scores: vec![0.0; k],
             scratch: vec![0.0; d],
+            choose: None,
         }
+    }
+
+    /// Records in every sample the per-request choice (`wrr`, `p2c`) the
+    /// weights are applied with.
+    pub fn with_choose(mut self, choose: &str) -> Decider {
+        self.choose = Some(choose.to_owned());
+        self
     }
 
     /// Weights before the first decision: the policy's default action, or
@@ -154,10 +163,13 @@ impl Decider {
 
         let (mut state, mut log_likelihood, mut ood, mut action, mut explored) =
             (None, None, false, None, false);
+        let mut propensity = 1.0;
         let weights = match &self.mode {
             Mode::Observe => self.configured.clone(),
             Mode::Explore { weights } => {
                 explored = true;
+                let peers: usize = self.shape.upstreams.iter().map(|u| u.peers.len()).sum();
+                propensity = (weights.len().max(1) as f64).powi(-(peers as i32));
                 self.shape
                     .upstreams
                     .iter()
@@ -191,11 +203,19 @@ impl Decider {
                     ood = true;
                     policy.default_action()
                 };
-                let a = if *epsilon > 0.0 && rng.gen_bool(epsilon.clamp(0.0, 1.0)) {
+                let eps = epsilon.clamp(0.0, 1.0);
+                let greedy = a;
+                let a = if eps > 0.0 && rng.gen_bool(eps) {
                     explored = true;
                     rng.gen_range(0..policy.actions().len())
                 } else {
                     a
+                };
+                let uniform = eps / policy.actions().len() as f64;
+                propensity = if a == greedy {
+                    uniform + (1.0 - eps)
+                } else {
+                    uniform
                 };
                 action = Some(a);
                 policy.actions()[a].weights.clone()
@@ -227,6 +247,7 @@ impl Decider {
                             name: name.clone(),
                             counters: *d,
                             weight: in_force.get(u).and_then(|w| w.get(p)).copied().unwrap_or(0),
+                            inflight_start: prev.get(u).and_then(|c| c.get(p)).map(|c| c.inflight),
                         })
                         .collect(),
                 })
@@ -238,6 +259,8 @@ impl Decider {
             action,
             weights: weights.clone(),
             explored,
+            choose: self.choose.clone(),
+            propensity: Some(propensity),
         };
         Decision {
             state,
@@ -427,6 +450,108 @@ mod tests {
             actions.insert(x.action.unwrap());
         }
         assert_eq!(actions.len(), 2);
+    }
+
+    /// The logged propensity is the frequency with which the decision rule
+    /// takes the logged action (what importance weights divide by).
+    #[test]
+    fn propensity_is_the_frequency_of_the_logged_action() {
+        let mut d = decider(Mode::Policy {
+            policy: slow_peer_policy(None),
+            epsilon: 0.3,
+        });
+        let mut rng = SmallRng::seed_from_u64(11);
+        let n = 4000;
+        let mut taken = [0usize; 2];
+        let mut logged = [f64::NAN; 2];
+        for i in 0..n {
+            // Fast peers: the table's action is 0.
+            let x = d.decide(
+                &zero(),
+                &counters([6, 6, 6], 10),
+                1000,
+                &[vec![1, 1, 1]],
+                1,
+                i,
+                &mut rng,
+            );
+            let a = x.action.unwrap();
+            taken[a] += 1;
+            logged[a] = x.sample.propensity.unwrap();
+        }
+        assert!((logged[0] - (0.7 + 0.15)).abs() < 1e-12, "{logged:?}");
+        assert!((logged[1] - 0.15).abs() < 1e-12, "{logged:?}");
+        for a in 0..2 {
+            let p = logged[a];
+            let sd = (p * (1.0 - p) / n as f64).sqrt();
+            let freq = taken[a] as f64 / n as f64;
+            assert!((freq - p).abs() < 4.0 * sd, "action {a}: {freq} vs {p}");
+        }
+
+        let mut d = decider(Mode::Explore {
+            weights: vec![1, 3, 5],
+        });
+        let mut ones = 0;
+        for i in 0..n {
+            let x = d.decide(
+                &zero(),
+                &counters([6, 6, 6], 10),
+                1000,
+                &[vec![1, 1, 1]],
+                1,
+                i,
+                &mut rng,
+            );
+            assert!((x.sample.propensity.unwrap() - 1.0 / 27.0).abs() < 1e-12);
+            ones += usize::from(x.weights == vec![vec![1, 1, 1]]);
+        }
+        let (p, freq) = (1.0 / 27.0, ones as f64 / n as f64);
+        assert!(
+            (freq - p).abs() < 4.0 * (p * (1.0 - p) / n as f64).sqrt(),
+            "{freq}"
+        );
+
+        let mut d = decider(Mode::Observe);
+        let x = d.decide(
+            &zero(),
+            &counters([6, 6, 6], 10),
+            1000,
+            &[vec![2, 2, 2]],
+            1,
+            1,
+            &mut rng,
+        );
+        assert_eq!(x.sample.propensity, Some(1.0));
+    }
+
+    #[test]
+    fn samples_carry_the_choice_and_the_inherited_backlog() {
+        let mut d = decider(Mode::Observe).with_choose("p2c");
+        let mut rng = SmallRng::seed_from_u64(4);
+        let mut prev = counters([5, 5, 5], 10);
+        let mut cur = counters([5, 5, 5], 30);
+        for (i, (p, c)) in prev[0].iter_mut().zip(cur[0].iter_mut()).enumerate() {
+            p.inflight = 7 + i as u64;
+            c.inflight = 1;
+        }
+        let x = d.decide(&prev, &cur, 1000, &[vec![2, 2, 2]], 1, 1, &mut rng);
+        assert_eq!(x.sample.choose.as_deref(), Some("p2c"));
+        let peers = &x.sample.upstreams[0].peers;
+        let starts: Vec<_> = peers.iter().map(|p| p.inflight_start).collect();
+        let ends: Vec<_> = peers.iter().map(|p| p.counters.inflight).collect();
+        assert_eq!(starts, vec![Some(7), Some(8), Some(9)]);
+        assert_eq!(ends, vec![1, 1, 1]);
+        // Older lines without the new fields still load.
+        let mut v = serde_json::to_value(&x.sample).unwrap();
+        v.as_object_mut().unwrap().remove("choose");
+        v.as_object_mut().unwrap().remove("propensity");
+        v["upstreams"][0]["peers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("inflight_start");
+        let old: SampleRecord = serde_json::from_value(v).unwrap();
+        assert_eq!((old.choose, old.propensity), (None, None));
+        assert_eq!(old.upstreams[0].peers[0].inflight_start, None);
     }
 
     #[test]

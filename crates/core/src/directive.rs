@@ -44,6 +44,16 @@ pub enum ChooseArg {
     P2c,
 }
 
+impl ChooseArg {
+    /// The word of `choose=` (`wrr`, `p2c`), as the sample log records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChooseArg::Wrr => "wrr",
+            ChooseArg::P2c => "p2c",
+        }
+    }
+}
+
 /// The parsed `deep_sched` directive.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DirectiveArgs {
@@ -51,8 +61,14 @@ pub struct DirectiveArgs {
     pub mode: ModeArg,
     /// `interval=`; `None` means the policy's interval, or [`DEFAULT_INTERVAL_MS`].
     pub interval_ms: Option<u64>,
-    /// `choose=`.
+    /// `choose=`; without it, `p2c` with a policy file and `wrr` otherwise
+    /// (observe-only stays exact round robin; a policy's weights under a
+    /// smooth round robin overload a peer whenever the table is off, p2c
+    /// corrects per request).
     pub choose: ChooseArg,
+    /// `choose=` was written (a policy learned under p2c and served under
+    /// an explicit `choose=wrr` earns a warning at `nginx -t`).
+    pub choose_given: bool,
     /// `log=`: where to append one JSON line per decision.
     pub log: Option<String>,
     /// `weights=`: the exploration set (only with `explore`).
@@ -136,6 +152,7 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
         mode,
         interval_ms: None,
         choose: ChooseArg::default(),
+        choose_given: false,
         log: None,
         weights: DEFAULT_EXPLORE_WEIGHTS.to_vec(),
         epsilon: 0.0,
@@ -164,6 +181,7 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
                     "p2c" => ChooseArg::P2c,
                     _ => return Err(err(word, "expected \"wrr\" or \"p2c\"")),
                 };
+                args.choose_given = true;
             }
             "log" => {
                 if value.is_empty() {
@@ -223,6 +241,9 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
             }
         }
     }
+    if !args.choose_given && matches!(args.mode, ModeArg::Policy(_)) {
+        args.choose = ChooseArg::P2c;
+    }
     Ok(args)
 }
 
@@ -236,6 +257,18 @@ mod tests {
         assert_eq!(a.mode, ModeArg::Observe);
         assert_eq!(a.choose, ChooseArg::Wrr);
         assert_eq!(a.interval_ms, None);
+    }
+
+    #[test]
+    fn a_policy_chooses_by_p2c_unless_told_otherwise() {
+        let a = parse(&["p.json"]).unwrap();
+        assert_eq!((a.choose, a.choose_given), (ChooseArg::P2c, false));
+        let a = parse(&["p.json", "choose=wrr"]).unwrap();
+        assert_eq!((a.choose, a.choose_given), (ChooseArg::Wrr, true));
+        let a = parse(&["explore"]).unwrap();
+        assert_eq!((a.choose, a.choose_given), (ChooseArg::Wrr, false));
+        let a = parse(&["explore", "choose=p2c"]).unwrap();
+        assert_eq!((a.choose, a.choose_given), (ChooseArg::P2c, true));
     }
 
     #[test]

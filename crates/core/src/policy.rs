@@ -649,6 +649,14 @@ impl Policy {
             .map(|s| s.as_str())
     }
 
+    /// The per-request choice (`wrr`, `p2c`) the policy's samples were
+    /// logged under: `provenance.choose`, written by `deep-sched learn` from
+    /// the samples' `choose` field; `None` for policies learned from logs
+    /// that did not record it.
+    pub fn learned_under(&self) -> Option<&str> {
+        self.doc.provenance.get("choose").and_then(|v| v.as_str())
+    }
+
     /// Provenance as JSON.
     pub fn provenance_json(&self) -> serde_json::Value {
         serde_json::Value::Object(self.doc.provenance.clone())

@@ -24,6 +24,10 @@ pub struct SamplePeer {
     pub counters: PeerCounters,
     /// Weight in force during the interval.
     pub weight: u32,
+    /// Requests in flight at the interval's start (`inflight` is at its
+    /// end): the backlog the interval inherited. Absent in older logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inflight_start: Option<u64>,
 }
 
 /// One upstream in one interval.
@@ -75,6 +79,19 @@ pub struct SampleRecord {
     pub weights: Vec<Vec<u32>>,
     /// The action was exploratory.
     pub explored: bool,
+    /// The per-request choice the weights were applied with (`wrr`,
+    /// `p2c`): a policy is learned for the choice it will be served with.
+    /// Absent in older logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choose: Option<String>,
+    /// Probability that the decision rule took this `weights` vector, given
+    /// what it observed (the propensity off-policy estimates divide by):
+    /// 1 for observe and for a policy without `epsilon`; `(1/|W|)^n` for a
+    /// uniform draw of `n` peers' weights from the set `W`;
+    /// `ε/|A| + (1 − ε)·[a = table action]` for a policy with `epsilon=ε`
+    /// over `|A|` actions. Absent in older logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propensity: Option<f64>,
 }
 
 impl SampleRecord {

@@ -47,7 +47,7 @@ pub enum Balancer {
         /// will be served with.
         p2c: bool,
     },
-    /// `deep_sched POLICY [choose=p2c] [log=...];`.
+    /// `deep_sched POLICY choose=p2c|wrr [log=...];`.
     DeepSched {
         /// Policy file.
         policy: PathBuf,
@@ -98,7 +98,8 @@ impl Balancer {
                 log.display()
             ),
             Balancer::DeepSched { policy, log, p2c } => {
-                let choose = if *p2c { " choose=p2c" } else { "" };
+                // Always explicit: with a policy the module's default is p2c.
+                let choose = if *p2c { " choose=p2c" } else { " choose=wrr" };
                 match log {
                     Some(log) => format!(
                         "deep_sched {}{choose} log={};",
@@ -477,6 +478,12 @@ mod tests {
         };
         assert_eq!(p.directive(), "deep_sched /p.json choose=p2c log=/d.jsonl;");
         assert_eq!(p.name(), "deep_sched_p2c");
+        let w = Balancer::DeepSched {
+            policy: "/p.json".into(),
+            log: None,
+            p2c: false,
+        };
+        assert_eq!(w.directive(), "deep_sched /p.json choose=wrr;");
         let mut c = conf(b);
         c.module = Some("/m/ngx_http_deep_sched_module.so".into());
         assert!(c

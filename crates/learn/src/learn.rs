@@ -321,7 +321,13 @@ pub fn learn(
     let mut raw: Vec<f64> = Vec::new();
     let mut rows = Rows::default();
     let mut d = 0usize;
+    // How often each per-request choice was logged: the policy records the
+    // one most of its samples were served with (`provenance.choose`).
+    let mut chooses: std::collections::BTreeMap<String, usize> = Default::default();
     let mut sink = |o: Observation| {
+        if let Some(c) = &o.choose {
+            *chooses.entry(c.clone()).or_default() += 1;
+        }
         let (x, interval) = raw_features(&o);
         d = x.len();
         raw.extend_from_slice(&x);
@@ -676,6 +682,9 @@ pub fn learn(
         concat!("deep-sched ", env!("CARGO_PKG_VERSION")).into(),
     );
     provenance.insert("algorithm".into(), opts.algorithm.name().into());
+    if let Some((choose, _)) = chooses.iter().max_by_key(|(_, n)| **n) {
+        provenance.insert("choose".into(), choose.clone().into());
+    }
     provenance.insert("samples".into(), n.into());
     provenance.insert("skipped".into(), stats.skipped.into());
     provenance.insert("created".into(), opts.created.clone().into());

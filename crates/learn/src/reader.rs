@@ -54,6 +54,9 @@ pub struct Observation {
     pub next_weights: Option<Vec<Vec<u32>>>,
     /// Features logged by the module, if any.
     pub logged_features: Option<Vec<f64>>,
+    /// The per-request choice (`wrr`, `p2c`) the weights were applied
+    /// with, when the log says (sample logs from this version on).
+    pub choose: Option<String>,
 }
 
 /// Counts of a read.
@@ -182,6 +185,7 @@ pub fn read_samples(
                         weights_in_force: r.weights_in_force(),
                         next_weights: Some(r.weights.clone()),
                         logged_features: Some(r.features.clone()),
+                        choose: r.choose.clone(),
                     });
                 }
                 Err(reason) if skip_bad => {
@@ -407,6 +411,7 @@ pub fn read_vts(
                     weights_in_force: weights,
                     next_weights: None,
                     logged_features: None,
+                    choose: None,
                 });
             }
             prev = Some(snap);

@@ -34,7 +34,9 @@ pub fn synth(records: usize, seed: u64, phase: usize, out: &mut impl Write) -> s
             PEERS.iter().map(|s| s.to_string()).collect(),
         )],
         vec![vec![1, 1, 1]],
-    );
+    )
+    // Shares proportional to the weights below: a smooth round robin.
+    .with_choose("wrr");
     let dt_ms = 1000u64;
     let rate = 600.0; // requests per second to the upstream
     let capacity = 8.0; // concurrent requests per peer

@@ -83,6 +83,11 @@ fn synth_learn_moves_weight_away_from_the_slow_peer() {
         let learned = learn(std::slice::from_ref(&samples), &opts(8, algo), |_, _, _| {}).unwrap();
         let text = serde_json::to_string(&learned.policy).unwrap();
         let policy = Policy::from_json_str(&text, "learned").unwrap();
+        assert_eq!(
+            policy.learned_under(),
+            Some("wrr"),
+            "from the samples' choose"
+        );
         let share = slow_peer_avoidance(&policy, &samples);
         assert!(
             share > 0.8,
