@@ -43,6 +43,7 @@ $(row pick/wrr_overhead_3 "wrr: what deep_sched adds to round robin's pick, 3 pe
 $(row pick/wrr_overhead_64 "wrr: what deep_sched adds, 64 peers" "≤ 10 ns")
 $(row pick/wrr_overhead_1024 "wrr: what deep_sched adds, 1,024 peers" "≤ 10 ns")
 $(row free_record "free path: one try recorded + in flight released" "")
+$(row free_dispatch "free path: the try charged to its dispatch interval (sample log credit)" "")
 $(row choose/latency_bucket "latency histogram bucket (per request)" "")
 $(row choose/decayed_latency "read-time decay of a latency estimate (per p2c draw)" "")
 $(row classify_k27_d27_full "one state classification, K=27, D=27, full covariance" "≤ 2 µs")
@@ -53,7 +54,7 @@ epoch, nginx's own round robin plus the \`wrr_overhead\` row (address → index
 in an FxHashMap, in-flight gauge and the worker's shard), or the p2c pick from
 the decision's alias table reading the two drawn peers' slots (\`p2c_table\`;
 the scan is the fallback when draws keep hitting ineligible peers), and the
-\`free/record\` row in \`free_peer\`. The peers' lock is nginx's and is not
+\`free/record\` and \`free/dispatch\` rows in \`free_peer\`. The peers' lock is nginx's and is not
 in these numbers. Classification runs once per interval in one worker.
 MD
 )

@@ -290,11 +290,28 @@ fn decide(agent: &AgentConf, view: &ZoneView, dt_ms: u64, log: *mut ngx_log_t) {
             view.peer(up.slot_base + i).prev.store(c);
         }
     }
+    // The interval before the one just closed: now that seq + 1 is
+    // published, a try of seq − 1 that ends from here on counts as late, so
+    // its cells are complete. Taken even without a log (the cells are
+    // reused four epochs on).
+    let mut sample = decision.sample;
+    if seq >= 2 {
+        let counts: Vec<Vec<_>> = agent
+            .upstreams
+            .iter()
+            .map(|up| {
+                (0..up.peers.len())
+                    .map(|i| view.peer(up.slot_base + i).take_dispatched(seq - 1))
+                    .collect()
+            })
+            .collect();
+        sample.attach_dispatched(seq - 1, &counts);
+    }
 
     if agent.log.is_null() {
         return;
     }
-    let mut line = match serde_json::to_vec(&decision.sample) {
+    let mut line = match serde_json::to_vec(&sample) {
         Ok(l) => l,
         Err(e) => {
             ngx_log_error!(NGX_LOG_ERR, log, "deep_sched: cannot encode sample: {}", e);

@@ -61,6 +61,9 @@ pub struct PeerData {
     pub slot: usize,
     /// When the current try started (`ngx_current_msec`).
     pub started_ms: u64,
+    /// The agent's decision epoch when the current try was dispatched: its
+    /// outcome is charged to that interval (the sample log's `dispatched`).
+    pub dispatch_epoch: u64,
     /// Name of the peer chosen last (for `$deep_sched_peer`).
     pub peer_name: ngx_str_t,
 }
@@ -651,6 +654,7 @@ unsafe fn count_try(pd: &mut PeerData, picked: Option<usize>) {
         };
         view.add_inflight(main.shard.get(), up.slot_base + i, 1);
         pd.started_ms = ngx_current_msec as u64;
+        pd.dispatch_epoch = view.agent(agent.index).epoch();
         pd.slot = up.slot_base + i;
     }
 }
@@ -722,6 +726,9 @@ unsafe fn record_try(pd: &mut PeerData, state: ngx_uint_t) {
         let max_fails = up.max_fails.get(i).copied().unwrap_or(1);
         let cells = view.counter_cells(main.counter_shard.get(), slot);
         let back = view.peer(slot).record_into(cells, &outcome, now, max_fails);
+        let epoch = view.agent(agent.index).epoch();
+        view.peer(slot)
+            .record_dispatch(&outcome, pd.dispatch_epoch, epoch);
         if back && agent.args.slow_start_ms > 0 {
             view.peer(slot)
                 .slow_start_since_ms

@@ -254,6 +254,108 @@ fn explore_draws_weights_from_the_set_and_logs_them() {
     assert!(vectors.len() >= 2, "weights changed between intervals");
 }
 
+/// The sample log charges every try to the interval that dispatched it:
+/// per peer, the `dispatched` counts plus the `late` ones add up to the
+/// interval counters and to the upstream times in nginx's own access log;
+/// a peer slower than two intervals has late tries.
+#[test]
+fn sample_log_charges_tries_to_their_dispatch_interval() {
+    let b = backends(3, 16, 4.0);
+    // 400 ms: longer than one 300 ms interval, shorter than two, so its
+    // tries end in the interval after theirs or the one after that.
+    b[2].set_slow(100.0);
+    let servers = server_lines(&b, &["", "", ""]);
+    let http = format!(
+        "    log_format up '$upstream_addr $upstream_response_time';\n\
+             upstream backend {{\n{servers}        deep_sched explore weights=1,2 interval=300ms \
+         log={{prefix}}/logs/samples.jsonl;\n    }}\n{}",
+        proxy_server(
+            "        location / { proxy_pass http://backend; access_log {prefix}/logs/up.log up; }"
+        )
+    );
+    let nginx = Nginx::start(&full_config(&http, 2));
+    let load = Load::start(nginx.port, 6, &[READ]);
+    std::thread::sleep(Duration::from_millis(3000));
+    let (_, failed) = load.stop();
+    assert_eq!(failed, 0);
+    let names = backend_names(&b);
+
+    // From the access log: tries and ms per peer.
+    let access = |nginx: &Nginx| -> Vec<(u64, u64)> {
+        let mut per = vec![(0u64, 0u64); 3];
+        for line in nginx.lines("logs/up.log") {
+            let (addrs, times) = line.split_once(' ').unwrap();
+            for (a, t) in addrs.split(", ").zip(times.split(", ")) {
+                let i = names.iter().position(|n| n == a).unwrap();
+                let ms = (t.parse::<f64>().unwrap() * 1000.0).round() as u64;
+                per[i].0 += 1;
+                per[i].1 += ms;
+            }
+        }
+        per
+    };
+    // From the sample log: (interval counters, dispatched + late, late).
+    let sums = |nginx: &Nginx| -> Vec<[(u64, u64); 3]> {
+        let mut per = vec![[(0u64, 0u64); 3]; 3];
+        for line in nginx.lines("logs/samples.jsonl") {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            for (i, p) in v["upstreams"][0]["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+            {
+                let get = |o: &Value| {
+                    (
+                        o["requests"].as_u64().unwrap_or(0),
+                        o["response_msec"].as_u64().unwrap_or(0),
+                    )
+                };
+                let (c, d, l) = (get(p), get(&p["dispatched"]), get(&p["late"]));
+                per[i][0].0 += c.0;
+                per[i][0].1 += c.1;
+                per[i][1].0 += d.0 + l.0;
+                per[i][1].1 += d.1 + l.1;
+                per[i][2].0 += l.0;
+                per[i][2].1 += l.1;
+            }
+        }
+        per
+    };
+    // Every try ended; wait until the decisions have reported them all.
+    let settled = wait_for(Duration::from_secs(10), || {
+        let (a, s) = (access(&nginx), sums(&nginx));
+        let all = (0..3).all(|i| s[i][0] == a[i] && s[i][1] == a[i]);
+        all.then_some(s)
+    });
+    let s = settled.unwrap_or_else(|| {
+        panic!(
+            "per peer (tries, ms): access log {:?}, sample counters / dispatched+late / late {:?}",
+            access(&nginx),
+            sums(&nginx)
+        )
+    });
+    eprintln!("per peer (tries, ms): counters / dispatched+late / late: {s:?}");
+    assert!(
+        s.iter().all(|p| p[0].0 > 10),
+        "traffic at every peer: {s:?}"
+    );
+    assert!(
+        s[2][2].0 > 0 && s[2][2].0 < s[2][0].0,
+        "the slow peer has late tries and tries on time: {s:?}"
+    );
+    assert_eq!(
+        (s[0][2].0, s[1][2].0),
+        (0, 0),
+        "4 ms tries are never late: {s:?}"
+    );
+    let first: Value = serde_json::from_str(&nginx.lines("logs/samples.jsonl")[1]).unwrap();
+    assert_eq!(
+        first["dispatched_seq"].as_u64(),
+        first["seq"].as_u64().map(|s| s - 1)
+    );
+}
+
 /// Four workers: the shared counters add up to what was sent, and exactly
 /// one decision per interval is logged.
 #[test]

@@ -4,7 +4,7 @@
 //!   cargo bench -p deep-sched-core --bench core
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use deep_sched_core::choose::{decayed_latency, p2c, PeerLoad};
@@ -170,6 +170,15 @@ fn bench_free(c: &mut Criterion) {
             slot.inflight.fetch_sub(1, Ordering::Relaxed);
             shard.fetch_sub(1, Ordering::Relaxed);
             back
+        })
+    });
+    // What the dispatch-interval credit adds to it: the sample log's
+    // `dispatched` counts (one epoch load in the module, four atomic adds).
+    let epoch = AtomicU64::new(7);
+    c.bench_function("free/dispatch", |b| {
+        b.iter(|| {
+            let e = epoch.load(Ordering::Relaxed);
+            slot.record_dispatch(black_box(&outcome), black_box(6), e);
         })
     });
 }

@@ -248,6 +248,8 @@ impl Decider {
                             counters: *d,
                             weight: in_force.get(u).and_then(|w| w.get(p)).copied().unwrap_or(0),
                             inflight_start: prev.get(u).and_then(|c| c.get(p)).map(|c| c.inflight),
+                            dispatched: None,
+                            late: None,
                         })
                         .collect(),
                 })
@@ -261,6 +263,7 @@ impl Decider {
             explored,
             choose: self.choose.clone(),
             propensity: Some(propensity),
+            dispatched_seq: None,
         };
         Decision {
             state,

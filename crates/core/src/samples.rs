@@ -7,12 +7,27 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::counters::PeerCounters;
+use crate::counters::{PeerCounters, LATENCY_BUCKETS};
 
 /// The `format` value of a sample line.
 pub const SAMPLES_FORMAT: &str = "deep_sched.samples";
 /// The sample format version this build writes.
 pub const SAMPLES_VERSION: u32 = 1;
+
+/// Tries of one peer charged to the decision interval in which they were
+/// *dispatched* (not the one in which they ended): what the weights of that
+/// interval caused, even when a queue made the responses arrive later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DispatchedCounts {
+    /// Tries.
+    pub requests: u64,
+    /// Tries nginx counted as failures of the peer.
+    pub failures: u64,
+    /// Sum of their response times, ms.
+    pub response_msec: u64,
+    /// Their response times by bucket (the buckets of `latency_hist`).
+    pub latency_hist: [u64; LATENCY_BUCKETS],
+}
 
 /// One peer in one interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +43,15 @@ pub struct SamplePeer {
     /// end): the backlog the interval inherited. Absent in older logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inflight_start: Option<u64>,
+    /// The tries dispatched in interval `dispatched_seq` of the record
+    /// (the previous one), however late they ended. Absent in older logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched: Option<DispatchedCounts>,
+    /// Tries that ended in this interval but were dispatched two or more
+    /// intervals before it (too late for their own interval's record).
+    /// Over a log, `dispatched` plus `late` add up to every try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late: Option<DispatchedCounts>,
 }
 
 /// One upstream in one interval.
@@ -92,9 +116,31 @@ pub struct SampleRecord {
     /// over `|A|` actions. Absent in older logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propensity: Option<f64>,
+    /// The `seq` of the record whose interval the peers' `dispatched`
+    /// counts were dispatched in (`seq − 1`: a record is written when its
+    /// own interval's tries are still in flight). Absent in older logs and
+    /// in an agent's first record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_seq: Option<u64>,
 }
 
 impl SampleRecord {
+    /// Attaches the dispatch-interval credit: `counts[u][p]` is
+    /// `(dispatched in interval dispatched_seq, ended late)` per peer.
+    pub fn attach_dispatched(
+        &mut self,
+        dispatched_seq: u64,
+        counts: &[Vec<(DispatchedCounts, DispatchedCounts)>],
+    ) {
+        self.dispatched_seq = Some(dispatched_seq);
+        for (u, cs) in self.upstreams.iter_mut().zip(counts) {
+            for (p, (d, l)) in u.peers.iter_mut().zip(cs) {
+                p.dispatched = Some(*d);
+                p.late = Some(*l);
+            }
+        }
+    }
+
     /// Per-interval counters `[u][p]`.
     pub fn deltas(&self) -> Vec<Vec<PeerCounters>> {
         self.upstreams

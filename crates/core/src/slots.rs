@@ -16,6 +16,7 @@ use core::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use crate::choose::{decayed_latency, peak_ewma, try_latency_ms, PEAK_EWMA_TAU_MS};
 use crate::counters::{latency_bucket, PeerCounters, LATENCY_BUCKETS};
 use crate::publish::Publication;
+use crate::samples::DispatchedCounts;
 
 /// Cumulative counters of one peer, summed over all workers.
 #[repr(C)]
@@ -69,6 +70,51 @@ impl CounterCells {
     }
 }
 
+/// How many decision intervals of dispatch credit a peer keeps, by epoch
+/// modulo this: the interval being dispatched, the one whose tries are
+/// still ending, and two spare cells so a cell is zeroed three intervals
+/// before it is used again.
+pub const DISPATCH_RING: usize = 4;
+
+/// Tries of one peer by the decision interval that dispatched them (see
+/// [`crate::samples::DispatchedCounts`]).
+#[repr(C)]
+#[derive(Default)]
+pub struct DispatchCells {
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+    pub response_msec: AtomicU64,
+    pub latency_hist: [AtomicU64; LATENCY_BUCKETS],
+}
+
+impl DispatchCells {
+    fn add(&self, outcome: &TryOutcome) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if outcome.failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.response_msec
+            .fetch_add(outcome.response_msec, Ordering::Relaxed);
+        self.latency_hist[latency_bucket(outcome.response_msec)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads and zeroes the cells (each cell by one swap: a try added
+    /// meanwhile lands either in what is returned or in the next use of
+    /// the cells, never nowhere).
+    pub fn take(&self) -> DispatchedCounts {
+        let mut d = DispatchedCounts {
+            requests: self.requests.swap(0, Ordering::Relaxed),
+            failures: self.failures.swap(0, Ordering::Relaxed),
+            response_msec: self.response_msec.swap(0, Ordering::Relaxed),
+            ..DispatchedCounts::default()
+        };
+        for (dst, src) in d.latency_hist.iter_mut().zip(&self.latency_hist) {
+            *dst = src.swap(0, Ordering::Relaxed);
+        }
+        d
+    }
+}
+
 /// Everything the zone keeps about one peer.
 #[repr(C)]
 #[derive(Default)]
@@ -95,6 +141,11 @@ pub struct PeerSlot {
     pub slow_start_since_ms: AtomicU64,
     /// Published weight, one per publication buffer.
     pub weight: [AtomicU32; 2],
+    /// Tries by the decision epoch that dispatched them, modulo
+    /// [`DISPATCH_RING`] (see [`PeerSlot::record_dispatch`]).
+    pub dispatched: [DispatchCells; DISPATCH_RING],
+    /// Tries that ended two or more epochs after their dispatch.
+    pub late: DispatchCells,
 }
 
 /// What the free-peer callback learned about one try.
@@ -166,6 +217,34 @@ impl PeerSlot {
             return false;
         }
         self.failure_run.swap(0, Ordering::Relaxed) >= max_fails.max(1)
+    }
+
+    /// Charges a finished try to the decision epoch that dispatched it.
+    ///
+    /// The decider closes epoch `e` when it publishes `e + 1` and takes the
+    /// cells of `e − 1` right after publishing, so a try that ends while
+    /// the epoch is `dispatch` or `dispatch + 1` goes to its dispatch
+    /// cells, and one that ends later (`now_epoch ≥ dispatch + 2`) to
+    /// `late`. Relaxed atomics only; `dispatch == 0` (no zone epoch yet)
+    /// is not charged.
+    pub fn record_dispatch(&self, outcome: &TryOutcome, dispatch: u64, now_epoch: u64) {
+        if dispatch == 0 {
+            return;
+        }
+        if now_epoch >= dispatch + 2 {
+            self.late.add(outcome);
+        } else {
+            self.dispatched[(dispatch % DISPATCH_RING as u64) as usize].add(outcome);
+        }
+    }
+
+    /// Takes (reads and zeroes) the tries dispatched in `epoch` and the
+    /// late ones, for the decision that just published `epoch + 2`.
+    pub fn take_dispatched(&self, epoch: u64) -> (DispatchedCounts, DispatchedCounts) {
+        (
+            self.dispatched[(epoch % DISPATCH_RING as u64) as usize].take(),
+            self.late.take(),
+        )
     }
 
     /// The peer's latency estimate as of `now_ms`, ms: the peak EWMA
@@ -427,5 +506,73 @@ mod tests {
         assert!(got.explored && !got.ood);
         assert_eq!(got.log_likelihood, Some(-2.5));
         assert_eq!((got.last_decision_wall_ms, got.pid), (77, 42));
+    }
+
+    /// Tries dispatched in epochs 1..=20, each ending 0..=3 epochs later;
+    /// the decider publishes epoch `e + 1` and then takes the cells of
+    /// `e − 1`. Every try is reported exactly once, and a try that ended
+    /// within one epoch of its dispatch is reported for its dispatch epoch.
+    mod dispatch {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn every_try_is_credited_once_and_on_time_ones_to_their_interval(
+                tries in proptest::collection::vec((1u64..=20, 0u64..=3, 0u64..5000), 0..300)
+            ) {
+                let slot: PeerSlot = zeroed();
+                // Ends, by the epoch in force when they end.
+                let mut by_end: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 25];
+                for &(d, lag, ms) in &tries {
+                    by_end[(d + lag) as usize].push((d, ms));
+                }
+                let mut reported = vec![DispatchedCounts::default(); 25];
+                let mut late = DispatchedCounts::default();
+                for epoch in 1..25u64 {
+                    for &(d, ms) in &by_end[epoch as usize] {
+                        slot.record_dispatch(&ok(ms), d, epoch);
+                    }
+                    // The decision that publishes epoch + 1, then takes epoch − 1.
+                    if epoch >= 2 {
+                        let (d, l) = slot.take_dispatched(epoch - 1);
+                        reported[(epoch - 1) as usize] = d;
+                        late.requests += l.requests;
+                        late.response_msec += l.response_msec;
+                    }
+                }
+                let (d, l) = slot.take_dispatched(24);
+                reported[24] = d;
+                late.requests += l.requests;
+                late.response_msec += l.response_msec;
+                let total: u64 = reported.iter().map(|r| r.requests).sum::<u64>() + late.requests;
+                prop_assert_eq!(total, tries.len() as u64);
+                let msec: u64 = reported.iter().map(|r| r.response_msec).sum::<u64>() + late.response_msec;
+                prop_assert_eq!(msec, tries.iter().map(|t| t.2).sum::<u64>());
+                for e in 1..=20u64 {
+                    let on_time: Vec<u64> = tries.iter().filter(|t| t.0 == e && t.1 <= 1).map(|t| t.2).collect();
+                    let r = &reported[e as usize];
+                    prop_assert_eq!(r.requests, on_time.len() as u64, "epoch {}", e);
+                    prop_assert_eq!(r.response_msec, on_time.iter().sum::<u64>());
+                    prop_assert_eq!(r.latency_hist.iter().sum::<u64>(), r.requests);
+                }
+            }
+        }
+
+        #[test]
+        fn no_epoch_yet_is_not_charged_and_failures_are_counted() {
+            let slot: PeerSlot = zeroed();
+            slot.record_dispatch(&ok(5), 0, 3);
+            slot.record_dispatch(&failed(), 3, 3);
+            slot.record_dispatch(&ok(5), 3, 4);
+            let (d, l) = slot.take_dispatched(3);
+            assert_eq!((d.requests, d.failures, d.response_msec), (2, 1, 8));
+            assert_eq!(l, DispatchedCounts::default());
+            assert_eq!(
+                slot.take_dispatched(3).0,
+                DispatchedCounts::default(),
+                "taken"
+            );
+        }
     }
 }
