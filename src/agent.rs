@@ -260,13 +260,33 @@ fn decide(agent: &AgentConf, view: &ZoneView, dt_ms: u64, log: *mut ngx_log_t) {
     // decision is published as epoch k + 1 and numbered k.
     let seq = slot.epoch();
     // Everything is computed before anything is published.
-    let decision: Decision = {
+    let mut decision: Decision = {
         let mut decider = agent.decider.borrow_mut();
         let Some(decider) = decider.as_mut() else {
             return;
         };
         with_rng(|rng| decider.decide(&prev, &cur, dt_ms, &in_force, time_ms, seq, rng))
     };
+    // Paused or pinned through the runtime API: the decision is still made
+    // and logged, but the weights published (and logged) are the ones in
+    // force, so the sample log stays true.
+    let paused = slot.paused.load(Ordering::Acquire) != 0;
+    let pinned = slot.pinned.load(Ordering::Acquire) != 0;
+    if paused || pinned {
+        for up in &agent.upstreams {
+            for (i, w) in decision.weights[up.index].iter_mut().enumerate() {
+                *w = if pinned {
+                    view.peer(up.slot_base + i)
+                        .pinned_weight
+                        .load(Ordering::Relaxed)
+                } else {
+                    up.configured_weights[i]
+                };
+            }
+        }
+        decision.sample.weights = decision.weights.clone();
+        decision.sample.admin = Some(if pinned { "pinned" } else { "paused" }.into());
+    }
     let published = Published {
         epoch: 0,
         state: decision.state,

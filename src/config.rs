@@ -44,8 +44,15 @@ pub struct UpstreamConf {
     pub slot_base: usize,
     /// Index of this upstream in the agent (and in its policy).
     pub index: usize,
+    /// Their `down` flag as configured (the runtime API's drain and down
+    /// come on top and go away again).
+    pub configured_down: Vec<bool>,
+    /// The upstream has a `zone` (peers shared by all workers).
+    pub has_zone: bool,
     /// Worker-local: the decision epoch whose weights this worker applied.
     pub applied_epoch: Cell<u64>,
+    /// Worker-local: the agent's runtime API epoch this worker applied.
+    pub applied_admin: Cell<u64>,
     /// Set once `init_upstream` ran for this upstream.
     pub initialised: bool,
     /// Worker-local: what the request path reuses (built on a worker's

@@ -218,9 +218,12 @@ unsafe fn deep_sched_inner(cf: *mut ngx_conf_t, scf: &mut SrvConf) -> *mut c_cha
         peers: Vec::new(),
         configured_weights: Vec::new(),
         max_fails: Vec::new(),
+        configured_down: Vec::new(),
+        has_zone: false,
         slot_base: 0,
         index,
         applied_epoch: Cell::new(0),
+        applied_admin: Cell::new(0),
         initialised: false,
         local: Default::default(),
     });

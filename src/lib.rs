@@ -10,6 +10,7 @@
 //! - [`directive`]: `deep_sched` and the post-configuration zone layout;
 //! - [`agent`]: the per-interval decision timer and the sample log;
 //! - [`status`]: the `deep_sched_status` handler;
+//! - [`api`]: the runtime API of `deep_sched_status write=on`;
 //! - [`variables`]: `$deep_sched_state`, `$deep_sched_peer`.
 //!
 //! Everything that can be decided without nginx (policy format, features,
@@ -24,14 +25,15 @@ use core::ptr;
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t,
-    NGX_CONF_ANY, NGX_CONF_NOARGS, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MODULE,
-    NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
+    NGX_CONF_ANY, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF_OFFSET, NGX_HTTP_UPS_CONF,
 };
 use ngx::ngx_string;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 pub mod agent;
+pub mod api;
 pub mod config;
 pub mod directive;
 pub mod status;
@@ -78,7 +80,7 @@ static mut NGX_HTTP_DEEP_SCHED_COMMANDS: [ngx_command_t; 3] = [
     },
     ngx_command_t {
         name: ngx_string!("deep_sched_status"),
-        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS) as ngx_uint_t,
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1) as ngx_uint_t,
         set: Some(status::deep_sched_status),
         conf: NGX_HTTP_LOC_CONF_OFFSET,
         offset: 0,

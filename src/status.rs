@@ -5,6 +5,7 @@ use core::ffi::{c_char, c_void};
 use core::ptr;
 use core::sync::atomic::Ordering;
 
+use deep_sched_core::api::{peer_state, ApiError};
 use deep_sched_core::choose::slow_start_factor;
 use deep_sched_core::counters::percentile;
 use deep_sched_core::directive::ModeArg;
@@ -16,28 +17,51 @@ use ngx::ffi::{
     ngx_buf_t, ngx_chain_t, ngx_command_t, ngx_conf_t, ngx_create_temp_buf, ngx_current_msec,
     ngx_http_arg, ngx_http_core_module, ngx_http_discard_request_body, ngx_http_output_filter,
     ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_str_t, ngx_timeofday, NGX_DECLINED,
-    NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED,
-    NGX_OK,
+    NGX_ERROR, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
 };
 
-use crate::config::{main_conf_of_request, MainConf};
-use crate::no_unwind;
+use crate::config::{conf_error, main_conf_of_request, ngx_str_to_string, MainConf};
 use crate::zone::ZoneView;
+use crate::{conf_args, no_unwind};
 
-/// `deep_sched_status;` in a location.
+/// `deep_sched_status [write=on|off];` in a location: the status, and
+/// with `write=on` the runtime API ([`crate::api`]) too. The handler itself
+/// says which: no location conf of the module's own is needed.
 pub unsafe extern "C" fn deep_sched_status(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
     no_unwind(ngx::core::NGX_CONF_ERROR, || {
+        // SAFETY: cf->args holds the directive's words.
+        let words: Vec<String> = unsafe { conf_args(cf) }
+            .iter()
+            .skip(1)
+            .map(ngx_str_to_string)
+            .collect();
+        let write = match words.first().map(String::as_str) {
+            None | Some("write=off") => false,
+            Some("write=on") => true,
+            Some(w) => {
+                return conf_error(
+                    cf,
+                    &format!(
+                        "invalid parameter \"{w}\" in \"deep_sched_status\": expected \"write=on\" or \"write=off\""
+                    ),
+                )
+            }
+        };
         // SAFETY: in a location block cf->ctx is an http conf ctx whose
         // loc_conf array holds the core module's location conf.
         unsafe {
             let ctx = (*cf).ctx as *mut ngx::ffi::ngx_http_conf_ctx_t;
             let clcf = *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index)
                 as *mut ngx::ffi::ngx_http_core_loc_conf_t;
-            (*clcf).handler = Some(status_handler);
+            (*clcf).handler = Some(if write {
+                crate::api::api_handler
+            } else {
+                status_handler
+            });
         }
         ngx::core::NGX_CONF_OK
     })
@@ -102,12 +126,18 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                             rps: c.requests.saturating_sub(prev) as f64 / since,
                             weight: s.weight[buffer_of(published.epoch)].load(Ordering::Relaxed),
                             configured_weight: u.configured_weights[i],
+                            id: u.slot_base + i,
+                            state: peer_state(s.admin.load(Ordering::Relaxed), c.inflight).into(),
+                            admin_weight: Some(s.admin_weight.load(Ordering::Relaxed))
+                                .filter(|&w| w > 0),
                         }
                     })
                     .collect(),
             })
             .collect();
         agents.push(AgentStatus {
+            paused: slot.paused.load(Ordering::Relaxed) != 0,
+            pinned: slot.pinned.load(Ordering::Relaxed) != 0,
             name: a.key.clone(),
             mode: match a.args.mode {
                 ModeArg::Observe => "observe",
@@ -154,11 +184,22 @@ unsafe extern "C" fn status_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     })
 }
 
-unsafe fn status_handler_inner(r: *mut ngx_http_request_t) -> ngx_int_t {
+/// GET and HEAD: the status document. Any other method on a read-only
+/// location: 405 with a JSON error.
+pub(crate) unsafe fn status_handler_inner(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: r is live for the whole handler.
     unsafe {
         if (*r).method & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
-            return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
+            let rc = ngx_http_discard_request_body(r);
+            if rc != NGX_OK as ngx_int_t {
+                return rc;
+            }
+            let e = ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "this status location is read-only (\"deep_sched_status write=on;\" enables the runtime API)",
+            );
+            return send_body(r, 405, &e.to_json(), "application/json");
         }
         let rc = ngx_http_discard_request_body(r);
         if rc != NGX_OK as ngx_int_t {
@@ -180,8 +221,20 @@ unsafe fn status_handler_inner(r: *mut ngx_http_request_t) -> ngx_int_t {
         } else {
             (doc.to_json(), "application/json")
         };
+        send_body(r, 200, &body, ctype)
+    }
+}
 
-        (*r).headers_out.status = 200;
+/// Sends a whole response: status, content type, body.
+pub(crate) unsafe fn send_body(
+    r: *mut ngx_http_request_t,
+    status: usize,
+    body: &str,
+    ctype: &'static str,
+) -> ngx_int_t {
+    // SAFETY: r is live; the body is copied into a buffer of its pool.
+    unsafe {
+        (*r).headers_out.status = status;
         (*r).headers_out.content_length_n = body.len() as i64;
         (*r).headers_out.content_type_len = ctype.len();
         (*r).headers_out.content_type = ngx_str_t {

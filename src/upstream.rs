@@ -18,6 +18,7 @@
 use core::ffi::c_void;
 use core::ptr;
 
+use deep_sched_core::api::effective_weight;
 use deep_sched_core::choose::{
     p2c, p2c_second, scale_effective_weight, slow_start_factor, PeerLoad,
 };
@@ -180,6 +181,9 @@ unsafe fn init_upstream_inner(
     up.peers.clear();
     up.configured_weights.clear();
     up.max_fails.clear();
+    up.configured_down.clear();
+    // SAFETY: us is live; `zone` sets shm_zone while parsing.
+    up.has_zone = unsafe { !(*us).shm_zone.is_null() };
     // SAFETY: configuration time, single process, no lock needed.
     for p in unsafe { peers_iter(peers) } {
         // SAFETY: p is a live peer.
@@ -189,6 +193,7 @@ unsafe fn init_upstream_inner(
         up.configured_weights
             .push(u32::try_from(p.weight).unwrap_or(1).max(1));
         up.max_fails.push(u32::try_from(p.max_fails).unwrap_or(1));
+        up.configured_down.push(p.down != 0);
     }
     if let Some(policy) = policy {
         let names: Vec<&str> = up.peers.iter().map(String::as_str).collect();
@@ -293,10 +298,12 @@ unsafe fn ensure_local(
 }
 
 /// Applies the agent's published weights to the primary peers when a new
-/// decision was published since this worker last looked. Round robin's
-/// failure back-off (`effective_weight` below `weight`) is kept in
-/// proportion, and `choose=p2c`'s draw table is rebuilt. A read that keeps
-/// meeting the writer changes nothing: the next request tries again.
+/// decision was published since this worker last looked, and the runtime
+/// API's changes (drain, down, weight, pause, pin) when there were any
+/// (one more load). Round robin's failure back-off (`effective_weight`
+/// below `weight`) is kept in proportion, and `choose=p2c`'s draw table is
+/// rebuilt. A read that keeps meeting the writer changes nothing: the next
+/// request tries again.
 unsafe fn sync_weights(
     agent: &AgentConf,
     up: &UpstreamConf,
@@ -305,29 +312,49 @@ unsafe fn sync_weights(
     peers: *mut ngx_http_upstream_rr_peers_t,
     choose: ChooseArg,
 ) {
-    if matches!(agent.args.mode, ModeArg::Observe) {
-        // Observe only: nginx's own weights, untouched (so failures reduce
-        // effective weights exactly as plain round robin does).
-        return;
-    }
+    use core::sync::atomic::Ordering::{Acquire, Relaxed};
     let slot = view.agent(agent.index);
-    if slot.epoch() == up.applied_epoch.get() {
+    let admin = slot.admin_epoch.load(Acquire);
+    // Observe only: nginx's own weights, untouched (so failures reduce
+    // effective weights exactly as plain round robin does) until the
+    // runtime API changes something.
+    let observe = matches!(agent.args.mode, ModeArg::Observe);
+    let epoch = slot.epoch();
+    if admin == up.applied_admin.get() && (observe || epoch == up.applied_epoch.get()) {
         return;
     }
     let weights = &mut local.weights;
-    let Some(published) = slot.read(|b| {
-        for (i, w) in weights.iter_mut().enumerate() {
-            *w = view.peer(up.slot_base + i).weight[b].load(core::sync::atomic::Ordering::Relaxed);
-        }
-    }) else {
-        return;
+    let published = if observe {
+        weights.copy_from_slice(&up.configured_weights);
+        None
+    } else {
+        let Some(p) = slot.read(|b| {
+            for (i, w) in weights.iter_mut().enumerate() {
+                *w = view.peer(up.slot_base + i).weight[b].load(Relaxed);
+            }
+        }) else {
+            return;
+        };
+        Some(p)
     };
+    let paused = slot.paused.load(Relaxed) != 0;
+    let pinned = slot.pinned.load(Relaxed) != 0;
+    for (i, w) in weights.iter_mut().enumerate() {
+        let s = view.peer(up.slot_base + i);
+        *w = effective_weight(
+            s.admin_weight.load(Relaxed),
+            pinned.then(|| s.pinned_weight.load(Relaxed)),
+            paused,
+            up.configured_weights[i],
+            *w,
+        );
+    }
     // SAFETY: the write lock is held while weights change (as nginx's own
     // code does); local.peers are the live primary peers.
     unsafe {
         let _lock = PeersLock::write(peers);
         let mut total = 0;
-        for (&p, &w) in local.peers.iter().zip(weights.iter()) {
+        for (i, (&p, &w)) in local.peers.iter().zip(weights.iter()).enumerate() {
             let p = &mut *p;
             let w = w.min(MAX_WEIGHT) as ngx_int_t;
             if w > 0 {
@@ -336,6 +363,10 @@ unsafe fn sync_weights(
                         as ngx_int_t;
                 p.weight = w;
             }
+            // Drain and down through the runtime API: round robin and p2c
+            // both skip a `down` peer; requests in flight finish.
+            let held = view.peer(up.slot_base + i).admin.load(Relaxed) != 0;
+            p.down = ngx_uint_t::from(up.configured_down[i] || held);
             total += p.weight as ngx_uint_t;
         }
         (*peers).total_weight = total;
@@ -345,7 +376,10 @@ unsafe fn sync_weights(
         // Once per decision and worker: the only allocation outside start-up.
         local.draw = Some(DrawTable::new(&local.weights));
     }
-    up.applied_epoch.set(published.epoch);
+    up.applied_admin.set(admin);
+    if let Some(p) = published {
+        up.applied_epoch.set(p.epoch);
+    }
 }
 
 /// What the module's part of a pick decided.

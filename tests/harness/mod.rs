@@ -281,6 +281,12 @@ impl Response {
 /// need nothing more, and keeping it here avoids a client dependency whose
 /// pooling would hide connection-level behaviour under test.
 pub fn http_get(addr: SocketAddr, path: &str) -> Response {
+    http_request(addr, "GET", path, "")
+}
+
+/// A minimal HTTP/1.0 request with a body (sent with Content-Length when
+/// not empty), as [`http_get`].
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Response {
     let fail = |why: String| Response {
         status: 0,
         headers: vec![],
@@ -290,9 +296,13 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Response {
         return fail("connect failed".into());
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
-    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .is_err()
-    {
+    let length = if body.is_empty() && method == "GET" {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
+    let request = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n{length}\r\n{body}");
+    if s.write_all(request.as_bytes()).is_err() {
         return fail("write failed".into());
     }
     let mut buf = Vec::new();

@@ -264,6 +264,7 @@ impl Decider {
             choose: self.choose.clone(),
             propensity: Some(propensity),
             dispatched_seq: None,
+            admin: None,
         };
         Decision {
             state,

@@ -14,8 +14,10 @@
 //! - [`samples`]: the sample log record;
 //! - [`slots`]: the per-peer and per-agent records of the shared zone;
 //! - [`directive`]: the `deep_sched` directive's syntax;
-//! - [`status`]: the status document (JSON, Prometheus).
+//! - [`status`]: the status document (JSON, Prometheus);
+//! - [`api`]: the runtime API's routes and request bodies.
 
+pub mod api;
 pub mod choose;
 pub mod counters;
 pub mod decision;

@@ -122,6 +122,11 @@ pub struct SampleRecord {
     /// in an agent's first record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatched_seq: Option<u64>,
+    /// `paused` or `pinned` when the runtime API overrode the decision:
+    /// `weights` are then the ones in force (configured or pinned), not the
+    /// decision rule's. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
 }
 
 impl SampleRecord {

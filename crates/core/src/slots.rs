@@ -146,6 +146,12 @@ pub struct PeerSlot {
     pub dispatched: [DispatchCells; DISPATCH_RING],
     /// Tries that ended two or more epochs after their dispatch.
     pub late: DispatchCells,
+    /// Runtime API flags ([`crate::api::flags`]: drain, down).
+    pub admin: AtomicU32,
+    /// Runtime API weight (0: none), over the agent's and the pin.
+    pub admin_weight: AtomicU32,
+    /// The agent's pinned weight for this peer (while the agent is pinned).
+    pub pinned_weight: AtomicU32,
 }
 
 /// What the free-peer callback learned about one try.
@@ -304,6 +310,14 @@ pub struct AgentSlot {
     pub publication: Publication,
     /// The decision's fields, one per publication buffer.
     pub decision: [DecisionCells; 2],
+    /// Bumped by every runtime API change to the agent or its peers: the
+    /// request path compares it with what it applied (one load).
+    pub admin_epoch: AtomicU64,
+    /// Runtime API `mode: observe`: decisions are paused, the configured
+    /// weights apply.
+    pub paused: AtomicU32,
+    /// Runtime API `pin`: the peers' `pinned_weight`s apply.
+    pub pinned: AtomicU32,
 }
 
 /// A consistent copy of an agent's published decision (weights aside).

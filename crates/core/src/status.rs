@@ -68,6 +68,11 @@ pub struct AgentStatus {
     pub explored: bool,
     /// The policy's scaling advice for the current state (`add`, `remove`, `hold`).
     pub scaling: Option<String>,
+    /// Decisions paused through the runtime API (`mode: observe`): the
+    /// configured weights apply.
+    pub paused: bool,
+    /// Weights pinned through the runtime API.
+    pub pinned: bool,
     /// The agent's upstreams.
     pub upstreams: Vec<UpstreamStatus>,
 }
@@ -189,6 +194,16 @@ pub struct PeerStatus {
     /// Weight from the `server` line.
     #[serde(rename = "configuredWeight")]
     pub configured_weight: u32,
+    /// The peer's id for the runtime API (`PATCH .../peers/<id>`): its
+    /// index in the zone, the same in every worker while the configuration
+    /// lasts.
+    pub id: usize,
+    /// What the runtime API made of the peer: `up`, `draining` (drain set,
+    /// requests still in flight), `drained` or `down`.
+    pub state: String,
+    /// Weight set through the runtime API (`null`: none).
+    #[serde(rename = "adminWeight")]
+    pub admin_weight: Option<u32>,
 }
 
 /// Escapes a Prometheus label value (`\`, `"` and newlines).
@@ -369,6 +384,18 @@ impl StatusDocument {
             "Weight in force for the peer.",
             peer_rows(&|p| p.weight.to_string()),
         );
+        family(
+            "peer_admin_down",
+            "gauge",
+            "1 when the runtime API drained the peer or marked it down.",
+            peer_rows(&|p| u8::from(p.state != "up").to_string()),
+        );
+        family(
+            "paused",
+            "gauge",
+            "1 when the agent's decisions are paused or its weights pinned through the runtime API.",
+            agent_rows(&|a| Some(u8::from(a.paused || a.pinned).to_string())),
+        );
         out
     }
 }
@@ -444,6 +471,9 @@ mod tests {
             rps: 50.5,
             weight: w,
             configured_weight: 1,
+            id: n as usize,
+            state: "up".into(),
+            admin_weight: None,
         };
         StatusDocument {
             module: "deep_sched/0.1.0".into(),
@@ -463,6 +493,8 @@ mod tests {
                 ood: false,
                 explored: true,
                 scaling: Some("add".into()),
+                paused: false,
+                pinned: false,
                 upstreams: vec![UpstreamStatus {
                     name: "backend".into(),
                     peers: vec![peer("127.0.0.1:1", 100, 5), peer("127.0.0.1:2", 40, 1)],
@@ -692,6 +724,8 @@ mod tests {
                 ("deep_sched_peer_latency_ewma_msec", "gauge"),
                 ("deep_sched_peer_rps", "gauge"),
                 ("deep_sched_peer_weight", "gauge"),
+                ("deep_sched_peer_admin_down", "gauge"),
+                ("deep_sched_paused", "gauge"),
             ]
         );
         assert!(text.contains(r#"agent="pol\"icy.json""#), "{text}");
@@ -719,7 +753,7 @@ mod tests {
         assert!(text.contains(r#"upstream="up\\stream\nx""#), "{text}");
         assert_eq!(
             text.lines().filter(|l| l.contains("up\\")).count(),
-            2 * (4 + 5 + 32 + 4)
+            2 * (4 + 5 + 32 + 5)
         );
     }
 
