@@ -321,7 +321,9 @@ pub fn learn(
     let mut raw: Vec<f64> = Vec::new();
     let mut rows = Rows::default();
     let mut d = 0usize;
+    let mut capacity = crate::capacity::CapacityData::default();
     let mut sink = |o: Observation| {
+        capacity.push(&o);
         let (x, interval) = raw_features(&o);
         d = x.len();
         raw.extend_from_slice(&x);
@@ -742,6 +744,12 @@ pub fn learn(
         let _ = writeln!(summary, "{r}");
     }
     let _ = writeln!(summary, "out-of-distribution below log-likelihood {ood:.2}");
+    let names: Vec<(String, Vec<String>)> = shape
+        .upstreams
+        .iter()
+        .map(|u| (u.name.clone(), u.peers.clone()))
+        .collect();
+    summary.push_str(&crate::capacity::report(&names, &capacity.estimates()));
     Ok(Learned {
         policy,
         gmm,
