@@ -11,6 +11,8 @@
 //! - [`reward`]: the reward expression;
 //! - [`report`]: PNG plots of a policy against a sample log;
 //! - [`learn`]: the pipeline;
+//! - [`ope`]: off-policy evaluation (IPS, direct method, doubly robust)
+//!   and the keep-the-baseline-unless-confident decision rule;
 //! - [`synth`]: a synthetic sample log and M/M/c queueing data for tests
 //!   and demos.
 //!
@@ -20,6 +22,7 @@ pub mod capacity;
 pub mod em;
 pub mod learn;
 pub mod mdp;
+pub mod ope;
 pub mod reader;
 pub mod report;
 pub mod reward;
