@@ -95,7 +95,7 @@ pub const MAX_INTERVAL_RATIO: f64 = 1.5;
 /// or the model does not hold).
 pub const MAX_UTILISATION: f64 = 1.15;
 /// The model is held at this utilisation and above.
-const RHO_CAP: f64 = 0.98;
+pub const RHO_CAP: f64 = 0.98;
 /// Weight of the previous interval's throughput in the load an interval's
 /// latency is fitted against (queues outlive an interval).
 const SMOOTH: f64 = 0.5;

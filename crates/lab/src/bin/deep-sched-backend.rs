@@ -28,8 +28,9 @@ struct Args {
     /// Requests served at once; more wait in a FIFO queue.
     #[arg(long, default_value_t = 8)]
     workers: usize,
-    /// Service time of the two reads (exp:MEAN, normal:MEAN[,SD], fixed:MS,
-    /// zipf:MEAN[,N[,S]], lognormal:MEAN[,SIGMA], bimodal:FAST,SLOW[,P]; ms).
+    /// Service time of the two reads (`exp:MEAN`, `normal:MEAN[,SD]`,
+    /// `fixed:MS`, `zipf:MEAN[,N[,S]]`, `lognormal:MEAN[,SIGMA]`,
+    /// `bimodal:FAST,SLOW[,P]`; ms).
     #[arg(long, default_value = "exp:10")]
     service: Delay,
     /// Service time of compose (default: the reads' shape with twice their mean).
