@@ -94,8 +94,11 @@ pub fn synth(records: usize, seed: u64, phase: usize, out: &mut impl Write) -> s
 pub struct QueueingPeer {
     /// Servers `c`.
     pub workers: usize,
-    /// Mean (exponential) service time `S`, ms.
+    /// Mean service time `S`, ms.
     pub service_ms: f64,
+    /// σ of `ln` service time for a log-normal service (mean `S` kept);
+    /// 0: exponential (M/M/c).
+    pub lognormal_sigma: f64,
 }
 
 impl QueueingPeer {
@@ -107,7 +110,8 @@ impl QueueingPeer {
 
 /// Intervals of one upstream over `peers`, each an exact event-driven
 /// simulation of an M/M/c FIFO queue: Poisson arrivals, `c` servers,
-/// exponential service of mean `S`; an arrival starts at
+/// exponential (or log-normal, M/G/c) service of mean `S`; an arrival
+/// starts at
 /// `max(arrival, earliest free server)`. The queue carries over from one
 /// interval to the next. In each interval every peer gets its own arrival
 /// rate, `u × c/S` with `u` drawn uniformly from `utilisation` (the
@@ -131,7 +135,16 @@ pub fn queueing_observations(
     let mut counters = vec![vec![PeerCounters::default(); peers.len()]; intervals];
     for (p, peer) in peers.iter().enumerate() {
         let (lo, hi) = utilisation.get(p).copied().unwrap_or((0.0, 0.0));
-        let service = Exp::new(1.0 / peer.service_ms).expect("positive service time");
+        let exp = Exp::new(1.0 / peer.service_ms).expect("positive service time");
+        let sigma = peer.lognormal_sigma;
+        let lognormal = (sigma > 0.0).then(|| {
+            rand_distr::LogNormal::new(peer.service_ms.ln() - sigma * sigma / 2.0, sigma)
+                .expect("finite sigma")
+        });
+        let service_ms = |rng: &mut ChaCha8Rng| match &lognormal {
+            Some(d) => d.sample(rng),
+            None => exp.sample(rng),
+        };
         // server free times (ms), as integer ns for the heap's order
         let mut free: BinaryHeap<Reverse<u64>> = (0..peer.workers).map(|_| Reverse(0)).collect();
         for i in 0..intervals {
@@ -145,7 +158,7 @@ pub fn queueing_observations(
             while t < (i + 1) as f64 * t_len {
                 let Reverse(f) = free.pop().expect("at least one server");
                 let start = t.max(f as f64 / 1e6);
-                let end = start + service.sample(&mut rng);
+                let end = start + service_ms(&mut rng);
                 free.push(Reverse((end * 1e6) as u64));
                 if end < horizon {
                     let ms = (end - t).round() as u64;
