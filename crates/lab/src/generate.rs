@@ -297,7 +297,7 @@ pub fn generate(seed: u64) -> GeneratedScenario {
             peer_rps(workers[a.peer]) * (1.0 - 1.0 / a.affliction.worst_factor())
         });
     let title = format!(
-        "generated: {n} peers ({}), {} {read_ms} ms, {}, {} {:.0}% load, {}",
+        "generated: {n} peers ({}), {} {read_ms} ms, {}, {} {:.0}% of the worst-case capacity, {}",
         workers
             .iter()
             .map(usize::to_string)

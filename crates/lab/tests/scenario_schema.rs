@@ -107,3 +107,26 @@ fn generated_scenarios_are_schema_valid_and_out_of_range_ones_are_not() {
         assert!(!errors.is_empty(), "{what}: accepted by the schema");
     }
 }
+
+#[test]
+fn the_cli_prints_the_generated_scenario_and_refuses_a_bad_seed() {
+    let lab = env!("CARGO_BIN_EXE_deep-sched-lab");
+    let out = Command::new(lab)
+        .args(["scenario", "1001"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, serde_json::to_value(generate(1001)).unwrap());
+    assert_eq!(reference_errors(&[printed]), vec![Vec::<String>::new()]);
+    for bad in ["x", "-1", "1.5"] {
+        let out = Command::new(lab).args(["scenario", bad]).output().unwrap();
+        assert!(!out.status.success(), "{bad} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("'{bad}'")), "{bad}: {err}");
+    }
+}

@@ -244,8 +244,14 @@ fn main() -> anyhow::Result<()> {
             println!("G<seed>  generated from a seed (`deep-sched-lab scenario SEED`; seeds in lab/seeds/)");
         }
         Cmd::Scenario { seed } => {
+            use std::io::Write as _;
             let g = deep_sched_lab::generate::generate(seed);
-            println!("{}", serde_json::to_string_pretty(&g)?);
+            let text = serde_json::to_string_pretty(&g)? + "\n";
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                // `| head` is not a failure
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                r => r.context("writing the scenario to stdout")?,
+            }
         }
         Cmd::Run {
             scenarios,
