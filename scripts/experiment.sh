@@ -7,7 +7,7 @@
 # interleaved, each REPS times; writes
 # results/SCENARIO/{report.md,summary.json,*.png}.
 #
-#   scripts/experiment.sh S1 [S2 ...]      one or more scenarios
+#   scripts/experiment.sh S1 [S2 ...]      one or more scenarios (G<seed>: generated, docs/lab.md)
 #   scripts/experiment.sh all              S1..S6
 #   scripts/experiment.sh distribution     N = 2..6 peers, 10,000 requests each
 #   scripts/experiment.sh --quick S1       8 s runs, 1 repetition, 30 s exploration

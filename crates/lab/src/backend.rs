@@ -165,6 +165,35 @@ impl SlowSchedule {
     }
 }
 
+/// A degrading backend: its service times grow linearly from ×1 at
+/// `start` to ×`factor` at `start + ramp` (counted from the backend's
+/// start) and stay there:
+/// `f(t) = 1 + (factor − 1) · clamp((t − start) / ramp, 0, 1)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Degradation {
+    /// Service-time multiplier at the end of the ramp.
+    pub factor: f64,
+    /// When the degradation begins.
+    pub start: Duration,
+    /// How long it takes to reach `factor` (zero: a step at `start`).
+    pub ramp: Duration,
+}
+
+impl Degradation {
+    /// The multiplier in force `elapsed` after the start.
+    pub fn factor_at(&self, elapsed: Duration) -> f64 {
+        if elapsed < self.start {
+            return 1.0;
+        }
+        let progress = if self.ramp.is_zero() {
+            1.0
+        } else {
+            ((elapsed - self.start).as_secs_f64() / self.ramp.as_secs_f64()).min(1.0)
+        };
+        1.0 + (self.factor - 1.0) * progress
+    }
+}
+
 /// How the backend treats connections and requests.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Mode {
@@ -194,6 +223,8 @@ pub struct BackendConfig {
     pub service: ServiceTimes,
     /// Periodic slowness (noisy neighbour).
     pub slow: Option<SlowSchedule>,
+    /// Growing slowness (a degrading peer), on top of `slow`.
+    pub degrade: Option<Degradation>,
     /// Initial mode.
     pub mode: Mode,
     /// Close every Nth accepted connection right away.
@@ -212,6 +243,7 @@ impl Default for BackendConfig {
             workers: 8,
             service: ServiceTimes::default(),
             slow: None,
+            degrade: None,
             mode: Mode::Normal,
             drop_every: None,
             response_bytes: 256,
@@ -334,11 +366,10 @@ impl Shared {
 
     fn factor_now(&self) -> f64 {
         let manual = f64::from_bits(self.slow_factor.load(Ordering::Relaxed));
-        let scheduled = self
-            .config
-            .slow
-            .map_or(1.0, |s| s.factor_at(self.started.elapsed()));
-        manual * scheduled
+        let elapsed = self.started.elapsed();
+        let scheduled = self.config.slow.map_or(1.0, |s| s.factor_at(elapsed));
+        let degraded = self.config.degrade.map_or(1.0, |d| d.factor_at(elapsed));
+        manual * scheduled * degraded
     }
 
     fn stats(&self, reset: bool) -> BackendStats {
@@ -883,6 +914,32 @@ mod tests {
         assert_eq!(at(14_999), 1.0);
         assert_eq!(at(15_000), 5.0);
         assert_eq!(at(31_000), 5.0);
+    }
+
+    #[test]
+    fn degradation_ramps_linearly_then_holds() {
+        let d = Degradation {
+            factor: 3.0,
+            start: Duration::from_secs(10),
+            ramp: Duration::from_secs(20),
+        };
+        let at = |s: f64| d.factor_at(Duration::from_secs_f64(s));
+        assert_eq!(at(0.0), 1.0);
+        assert_eq!(at(9.999), 1.0);
+        assert_eq!(at(10.0), 1.0);
+        assert!((at(20.0) - 2.0).abs() < 1e-12);
+        assert!((at(25.0) - 2.5).abs() < 1e-12);
+        assert_eq!(at(30.0), 3.0);
+        assert_eq!(at(1000.0), 3.0);
+        // monotone
+        let xs: Vec<f64> = (0..400).map(|i| at(i as f64 * 0.1)).collect();
+        assert!(xs.windows(2).all(|w| w[1] >= w[0]));
+        let step = Degradation {
+            ramp: Duration::ZERO,
+            ..d
+        };
+        assert_eq!(step.factor_at(Duration::from_secs(9)), 1.0);
+        assert_eq!(step.factor_at(Duration::from_secs(10)), 3.0);
     }
 
     #[test]

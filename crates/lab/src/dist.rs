@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use rand::Rng;
-use rand_distr::{Distribution, Exp, Normal, Zipf};
+use rand_distr::{Distribution, Exp, LogNormal, Normal, Zipf};
 
 /// Default number of ranks of the Zipf delay.
 pub const ZIPF_DEFAULT_N: u64 = 100;
@@ -21,7 +21,7 @@ pub const NORMAL_DEFAULT_CV: f64 = 0.25;
 /// A distribution of non-negative delays in milliseconds.
 ///
 /// Text form (for flags): `exp:MEAN`, `normal:MEAN[,SD]`, `fixed:VALUE`,
-/// `zipf:MEAN[,N[,S]]`.
+/// `zipf:MEAN[,N[,S]]`, `lognormal:MEAN[,SIGMA]`, `bimodal:FAST,SLOW[,P]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Delay {
     /// Exponential: density `λ e^{-λx}`, `λ = 1 / mean`; memoryless, the
@@ -54,11 +54,38 @@ pub enum Delay {
         /// Exponent.
         s: f64,
     },
+    /// Log-normal: `ln x ~ N(μ, σ²)` with `μ = ln(mean) − σ²/2`, so that
+    /// `E[x] = e^{μ + σ²/2} = mean`; coefficient of variation
+    /// `sqrt(e^{σ²} − 1)` (σ = 1: 1.31). Heavier-tailed than the
+    /// exponential for σ above about 0.83.
+    LogNormal {
+        /// Mean, ms.
+        mean_ms: f64,
+        /// σ of `ln x`.
+        sigma: f64,
+    },
+    /// Two modes: with probability `p_slow` a draw of
+    /// `N(slow, (slow/4)²)`, otherwise of `N(fast, (fast/4)²)` (each
+    /// truncated at zero like [`Delay::Normal`]); mean
+    /// `(1 − p_slow)·fast + p_slow·slow`. Cache hits and misses, say.
+    Bimodal {
+        /// Centre of the common, fast mode, ms.
+        fast_ms: f64,
+        /// Centre of the rare, slow mode, ms.
+        slow_ms: f64,
+        /// Probability of the slow mode.
+        p_slow: f64,
+    },
 }
+
+/// Default σ of `lognormal:MEAN`.
+pub const LOGNORMAL_DEFAULT_SIGMA: f64 = 1.0;
+/// Default probability of the slow mode of `bimodal:FAST,SLOW`.
+pub const BIMODAL_DEFAULT_P_SLOW: f64 = 0.1;
 
 /// A delay spec that could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("delay `{input}`: {reason} (expected exp:MEAN, normal:MEAN[,SD], fixed:VALUE or zipf:MEAN[,N[,S]], in ms)")]
+#[error("delay `{input}`: {reason} (expected exp:MEAN, normal:MEAN[,SD], fixed:VALUE, zipf:MEAN[,N[,S]], lognormal:MEAN[,SIGMA] or bimodal:FAST,SLOW[,P], in ms)")]
 pub struct DelayParseError {
     /// The text given.
     pub input: String,
@@ -72,13 +99,20 @@ impl Delay {
         match *self {
             Delay::Exponential { mean_ms }
             | Delay::Normal { mean_ms, .. }
-            | Delay::Zipf { mean_ms, .. } => mean_ms,
+            | Delay::Zipf { mean_ms, .. }
+            | Delay::LogNormal { mean_ms, .. } => mean_ms,
             Delay::Fixed { ms } => ms,
+            Delay::Bimodal {
+                fast_ms,
+                slow_ms,
+                p_slow,
+            } => (1.0 - p_slow) * fast_ms + p_slow * slow_ms,
         }
     }
 
     /// The same shape with a different mean (a `Normal` keeps its
-    /// coefficient of variation).
+    /// coefficient of variation, a `LogNormal` its σ, a `Bimodal` the ratio
+    /// of its modes and their probabilities).
     pub fn with_mean(&self, mean: f64) -> Delay {
         match *self {
             Delay::Exponential { .. } => Delay::Exponential { mean_ms: mean },
@@ -96,6 +130,23 @@ impl Delay {
                 n,
                 s,
             },
+            Delay::LogNormal { sigma, .. } => Delay::LogNormal {
+                mean_ms: mean,
+                sigma,
+            },
+            Delay::Bimodal {
+                fast_ms,
+                slow_ms,
+                p_slow,
+            } => {
+                let old = self.mean_ms();
+                let k = if old > 0.0 { mean / old } else { 0.0 };
+                Delay::Bimodal {
+                    fast_ms: fast_ms * k,
+                    slow_ms: slow_ms * k,
+                    p_slow,
+                }
+            }
         }
     }
 
@@ -108,20 +159,7 @@ impl Delay {
                 }
                 Exp::new(1.0 / mean_ms).map_or(0.0, |d| d.sample(rng))
             }
-            Delay::Normal { mean_ms, sd_ms } => {
-                let Ok(d) = Normal::new(mean_ms, sd_ms) else {
-                    return mean_ms.max(0.0);
-                };
-                // Resample the negative tail; give up after a few tries so a
-                // silly spec (mean far below zero) cannot loop forever.
-                for _ in 0..64 {
-                    let x = d.sample(rng);
-                    if x >= 0.0 {
-                        return x;
-                    }
-                }
-                0.0
-            }
+            Delay::Normal { mean_ms, sd_ms } => truncated_normal(mean_ms, sd_ms, rng),
             Delay::Fixed { ms } => ms.max(0.0),
             Delay::Zipf { mean_ms, n, s } => {
                 let Ok(d) = Zipf::new(n, s) else {
@@ -130,8 +168,43 @@ impl Delay {
                 let k: f64 = d.sample(rng);
                 mean_ms * k / zipf_mean_rank(n, s)
             }
+            Delay::LogNormal { mean_ms, sigma } => {
+                if mean_ms <= 0.0 {
+                    return 0.0;
+                }
+                let mu = mean_ms.ln() - sigma * sigma / 2.0;
+                LogNormal::new(mu, sigma).map_or(mean_ms, |d| d.sample(rng))
+            }
+            Delay::Bimodal {
+                fast_ms,
+                slow_ms,
+                p_slow,
+            } => {
+                let centre = if rng.gen::<f64>() < p_slow {
+                    slow_ms
+                } else {
+                    fast_ms
+                };
+                truncated_normal(centre, centre * NORMAL_DEFAULT_CV, rng)
+            }
         }
     }
+}
+
+/// `N(mean, sd²)` truncated at zero by resampling the negative tail; gives
+/// up after a few tries so that a silly spec (mean far below zero) cannot
+/// loop forever.
+fn truncated_normal<R: Rng + ?Sized>(mean_ms: f64, sd_ms: f64, rng: &mut R) -> f64 {
+    let Ok(d) = Normal::new(mean_ms, sd_ms) else {
+        return mean_ms.max(0.0);
+    };
+    for _ in 0..64 {
+        let x = d.sample(rng);
+        if x >= 0.0 {
+            return x;
+        }
+    }
+    0.0
 }
 
 /// `E[k]` of Zipf(n, s): `Σ_{k=1..n} k^{1-s} / Σ_{k=1..n} k^{-s}`.
@@ -152,6 +225,12 @@ impl fmt::Display for Delay {
             Delay::Normal { mean_ms, sd_ms } => write!(f, "normal:{mean_ms},{sd_ms}"),
             Delay::Fixed { ms } => write!(f, "fixed:{ms}"),
             Delay::Zipf { mean_ms, n, s } => write!(f, "zipf:{mean_ms},{n},{s}"),
+            Delay::LogNormal { mean_ms, sigma } => write!(f, "lognormal:{mean_ms},{sigma}"),
+            Delay::Bimodal {
+                fast_ms,
+                slow_ms,
+                p_slow,
+            } => write!(f, "bimodal:{fast_ms},{slow_ms},{p_slow}"),
         }
     }
 }
@@ -211,6 +290,28 @@ impl FromStr for Delay {
                     mean_ms: nums[0],
                     n: n as u64,
                     s: nums.get(2).copied().unwrap_or(ZIPF_DEFAULT_S),
+                })
+            }
+            "lognormal" => {
+                arity(1, 2)?;
+                Ok(Delay::LogNormal {
+                    mean_ms: nums[0],
+                    sigma: nums.get(1).copied().unwrap_or(LOGNORMAL_DEFAULT_SIGMA),
+                })
+            }
+            "bimodal" => {
+                arity(2, 3)?;
+                let p_slow = nums.get(2).copied().unwrap_or(BIMODAL_DEFAULT_P_SLOW);
+                if p_slow > 1.0 {
+                    return Err(err("bimodal P (probability of the slow mode) must be <= 1"));
+                }
+                if nums[1] < nums[0] {
+                    return Err(err("bimodal SLOW must be >= FAST"));
+                }
+                Ok(Delay::Bimodal {
+                    fast_ms: nums[0],
+                    slow_ms: nums[1],
+                    p_slow,
                 })
             }
             other => Err(err(&format!("unknown kind `{other}`"))),
@@ -291,6 +392,44 @@ mod tests {
     }
 
     #[test]
+    fn lognormal_has_its_mean_and_median_and_cv() {
+        let d: Delay = "lognormal:10,0.8".parse().unwrap();
+        let (mean, sd, mut xs) = moments(&d, 400_000, 5);
+        // cv = sqrt(e^{0.64} - 1) = 0.9473; se of the mean ≈ 9.5/632 = 0.015
+        assert!((mean - 10.0).abs() < 0.08, "mean {mean}");
+        let cv = (0.64f64.exp() - 1.0).sqrt();
+        assert!((sd / mean - cv).abs() < 0.03, "cv {} vs {cv}", sd / mean);
+        // the median is e^μ = mean · e^{-σ²/2}
+        xs.sort_by(f64::total_cmp);
+        let median = xs[xs.len() / 2];
+        let want = 10.0 * (-0.32f64).exp();
+        assert!(
+            (median / want - 1.0).abs() < 0.01,
+            "median {median} vs {want}"
+        );
+        assert!(xs[0] > 0.0);
+        assert_eq!(d.with_mean(20.0), "lognormal:20,0.8".parse().unwrap());
+    }
+
+    #[test]
+    fn bimodal_has_two_modes_in_the_right_proportion() {
+        let d: Delay = "bimodal:5,50,0.2".parse().unwrap();
+        assert!((d.mean_ms() - 14.0).abs() < 1e-12);
+        let (mean, _, xs) = moments(&d, 200_000, 6);
+        assert!((mean - 14.0).abs() < 0.15, "mean {mean}");
+        // the modes are 45 ms apart with sd 1.25 and 12.5: nothing between
+        // 15 and 20 ms (8 sd above the fast mode, 2.4 below the slow one
+        // leaves ≈ 0.8% of the slow mode's draws there)
+        let slow = xs.iter().filter(|&&x| x > 17.5).count() as f64 / xs.len() as f64;
+        assert!((slow - 0.2).abs() < 0.01, "slow share {slow}");
+        let fast_mode = xs.iter().filter(|&&x| (3.75..6.25).contains(&x)).count();
+        let valley = xs.iter().filter(|&&x| (15.0..17.5).contains(&x)).count();
+        assert!(fast_mode > 50 * valley.max(1), "{fast_mode} vs {valley}");
+        let doubled = d.with_mean(28.0);
+        assert_eq!(doubled, "bimodal:10,100,0.2".parse().unwrap());
+    }
+
+    #[test]
     fn zipf_mean_rank_matches_uniform_case() {
         // s = 0 is the uniform distribution on 1..=n: mean (n + 1) / 2.
         assert!((zipf_mean_rank(9, 0.0) - 5.0).abs() < 1e-12);
@@ -306,6 +445,11 @@ mod tests {
             "fixed:1,2",
             "zipf:1,0.5",
             "exp:nan",
+            "lognormal:",
+            "lognormal:1,2,3",
+            "bimodal:5",
+            "bimodal:5,50,1.5",
+            "bimodal:50,5",
         ] {
             let e = bad.parse::<Delay>().unwrap_err();
             assert_eq!(e.input, bad);
@@ -315,7 +459,14 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["exp:10", "normal:8,3", "fixed:1", "zipf:4,50,1.5"] {
+        for s in [
+            "exp:10",
+            "normal:8,3",
+            "fixed:1",
+            "zipf:4,50,1.5",
+            "lognormal:10,0.5",
+            "bimodal:2,20,0.1",
+        ] {
             let d: Delay = s.parse().unwrap();
             assert_eq!(d.to_string().parse::<Delay>().unwrap(), d);
         }

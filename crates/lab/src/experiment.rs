@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{self, BackendConfig, BackendStats, Endpoint, ServiceTimes, SlowSchedule};
+use crate::backend::{
+    self, BackendConfig, BackendStats, Degradation, Endpoint, ServiceTimes, SlowSchedule,
+};
 use crate::dist::Delay;
 use crate::load::{self, LoadConfig, LoadSummary, TypeSummary};
 use crate::nginx::{free_port, Balancer, NginxConf, NginxProcess, UpstreamSpec};
@@ -31,6 +33,35 @@ pub struct BackendSpec {
     pub service: ServiceTimes,
     /// Noisy-neighbour schedule.
     pub slow: Option<SlowSchedule>,
+    /// A degrading peer, its ramp given relative to each run's length.
+    pub degrade: Option<DegradeSpec>,
+}
+
+/// A peer whose service times grow linearly from ×1 at `from` × the run's
+/// length to ×`factor` at `to` × the run's length (see
+/// [`Degradation`]); relative so that a 30 s evaluation run and a 120 s
+/// exploration run both see the whole ramp.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DegradeSpec {
+    /// Multiplier at the end of the ramp.
+    pub factor: f64,
+    /// Start of the ramp, fraction of the run (0..=1).
+    pub from: f64,
+    /// End of the ramp, fraction of the run (`from..=1`).
+    pub to: f64,
+}
+
+impl DegradeSpec {
+    /// The backend's [`Degradation`] in a run of `duration`.
+    pub fn for_run(&self, duration: Duration) -> Degradation {
+        let from = self.from.clamp(0.0, 1.0);
+        let to = self.to.clamp(from, 1.0);
+        Degradation {
+            factor: self.factor,
+            start: duration.mul_f64(from),
+            ramp: duration.mul_f64(to - from),
+        }
+    }
 }
 
 /// What load a scenario sends.
@@ -82,10 +113,15 @@ pub enum Event {
 /// An experiment scenario.
 #[derive(Debug, Clone)]
 pub struct Scenario {
-    /// `S1` .. `S6`.
-    pub id: &'static str,
+    /// `S1` .. `S6`, or `G<seed>` for a generated one
+    /// ([`crate::generate`]).
+    pub id: String,
     /// One line.
-    pub title: &'static str,
+    pub title: String,
+    /// The request types sent (in equal parts).
+    pub endpoints: &'static [Endpoint],
+    /// First backend port ([`Scenario::peer_ports`]).
+    pub port_base: u16,
     /// The backends.
     pub backends: Vec<BackendSpec>,
     /// The load.
@@ -107,6 +143,7 @@ fn backends(workers: &[usize], service: ServiceTimes) -> Vec<BackendSpec> {
             workers,
             service,
             slow: None,
+            degrade: None,
         })
         .collect()
 }
@@ -122,41 +159,53 @@ impl Scenario {
         });
         vec![
             Scenario {
-                id: "S1",
-                title: "homogeneous: 3 x 8 workers, exponential 10 ms, 70% load",
+                id: "S1".into(),
+                endpoints: &Endpoint::ALL,
+                port_base: 19110,
+                title: "homogeneous: 3 x 8 workers, exponential 10 ms, 70% load".into(),
                 backends: backends(&[8, 8, 8], exp10()),
                 workload: Workload::Rate { load: 0.7 },
                 layout: Layout::Single,
                 event: None,
             },
             Scenario {
-                id: "S2",
-                title: "heterogeneous capacity: 8/8/3 workers, exponential 10 ms, 70% load",
+                id: "S2".into(),
+                endpoints: &Endpoint::ALL,
+                port_base: 19120,
+                title: "heterogeneous capacity: 8/8/3 workers, exponential 10 ms, 70% load".into(),
                 backends: backends(&[8, 8, 3], exp10()),
                 workload: Workload::Rate { load: 0.7 },
                 layout: Layout::Single,
                 event: None,
             },
             Scenario {
-                id: "S3",
-                title: "noisy neighbour: peer 3 five times slower 5 s of every 15 s, 55% load",
+                id: "S3".into(),
+                endpoints: &Endpoint::ALL,
+                port_base: 19130,
+                title: "noisy neighbour: peer 3 five times slower 5 s of every 15 s, 55% load"
+                    .into(),
                 backends: noisy,
                 workload: Workload::Rate { load: 0.55 },
                 layout: Layout::Single,
                 event: None,
             },
             Scenario {
-                id: "S4",
-                title: "peer failure: peer 3 stops listening at 40% of the run, 55% load",
+                id: "S4".into(),
+                endpoints: &Endpoint::ALL,
+                port_base: 19140,
+                title: "peer failure: peer 3 stops listening at 40% of the run, 55% load".into(),
                 backends: backends(&[8, 8, 8], exp10()),
                 workload: Workload::Rate { load: 0.55 },
                 layout: Layout::Single,
                 event: Some(Event::PeerDies { peer: 2, at: 0.4 }),
             },
             Scenario {
-                id: "S5",
+                id: "S5".into(),
+                endpoints: &Endpoint::ALL,
+                port_base: 19150,
                 title:
-                    "the research's setup: one upstream per request type over 3 backends, gen_load",
+                    "the research's setup: one upstream per request type over 3 backends, gen_load"
+                        .into(),
                 backends: backends(&[8, 8, 8], ServiceTimes::default()),
                 workload: Workload::GenLoad {
                     time_scale: 0.05,
@@ -166,8 +215,10 @@ impl Scenario {
                 event: None,
             },
             Scenario {
-                id: "S6",
-                title: "day/night profile over 8/8/3 workers, peak 85% load",
+                id: "S6".into(),
+                endpoints: &Endpoint::ALL,
+                port_base: 19160,
+                title: "day/night profile over 8/8/3 workers, peak 85% load".into(),
                 backends: backends(&[8, 8, 3], exp10()),
                 workload: Workload::DayNight {
                     peak_load: 0.85,
@@ -179,14 +230,14 @@ impl Scenario {
         ]
     }
 
-    /// Fixed backend ports of the scenario: `19100 + 10·k + i` for `Sk`'s
-    /// backend `i` (S1: 19110-19112, ..., S6: 19160-19162). They must stay
-    /// the same across the runs of a scenario because a learned policy names
-    /// its peers by address.
+    /// Fixed backend ports of the scenario: `port_base + i` for backend
+    /// `i`; `port_base` is `19100 + 10·k` for `Sk` (S1: 19110-19112, ...,
+    /// S6: 19160-19162) and in 19200..19999 for a generated scenario. They
+    /// must stay the same across the runs of a scenario because a learned
+    /// policy names its peers by address.
     pub fn peer_ports(&self) -> Vec<u16> {
-        let k: u16 = self.id[1..].parse().unwrap_or(9);
         (0..self.backends.len() as u16)
-            .map(|i| 19100 + 10 * k + i)
+            .map(|i| self.port_base.saturating_add(i))
             .collect()
     }
 
@@ -205,12 +256,13 @@ impl Scenario {
                 workers: self.backends.iter().map(|b| b.workers).sum(),
                 service: first.service,
                 slow: None,
+                degrade: None,
             }]
         })
     }
 
     /// Whether every backend has the same service times all the time (no
-    /// noisy neighbour). The floor, the service time's p99, then does not
+    /// noisy or degrading peer). The floor, the service time's p99, then does not
     /// depend on where a balancer sends requests, and no balancer's p99
     /// can be below it: every request takes at least its own service time.
     pub fn floor_is_fixed(&self) -> bool {
@@ -219,7 +271,7 @@ impl Scenario {
         };
         self.backends
             .iter()
-            .all(|b| b.service == first.service && b.slow.is_none())
+            .all(|b| b.service == first.service && b.slow.is_none() && b.degrade.is_none())
     }
 
     /// The backends a run of `balancer` uses: the scenario's, or for
@@ -233,24 +285,37 @@ impl Scenario {
         }
     }
 
-    /// The scenario called `id` (case-insensitive).
+    /// The scenario called `id` (case-insensitive): `S1`..`S6`, or
+    /// `G<seed>` for the scenario generated from `seed`
+    /// ([`crate::generate::generate`]).
     pub fn by_id(id: &str) -> Option<Scenario> {
+        if let Some(seed) = id
+            .strip_prefix('G')
+            .or_else(|| id.strip_prefix('g'))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            return Some(crate::generate::generate(seed).scenario());
+        }
         Scenario::all()
             .into_iter()
             .find(|s| s.id.eq_ignore_ascii_case(id))
     }
 
-    /// Requests per second the backends can serve with the three endpoints
-    /// in equal parts: `Σ workers / mean service time`.
+    /// Requests per second the backends can serve with the scenario's
+    /// endpoints in equal parts and nominal service times (no noisy or
+    /// degrading slowdown): `Σ_peers workers / mean service time`, the mean
+    /// taken over the endpoints.
     pub fn capacity_rps(&self) -> f64 {
+        let n = self.endpoints.len().max(1) as f64;
         self.backends
             .iter()
             .map(|b| {
-                let mean_ms = Endpoint::ALL
+                let mean_ms = self
+                    .endpoints
                     .iter()
                     .map(|e| b.service.of(*e).mean_ms())
                     .sum::<f64>()
-                    / 3.0;
+                    / n;
                 b.workers as f64 * 1000.0 / mean_ms
             })
             .sum()
@@ -258,7 +323,11 @@ impl Scenario {
 
     /// The load plan of one run of `duration` with arrival seed `seed`.
     pub fn plan(&self, duration: Duration, seed: u64) -> LoadPlan {
-        let paths: Vec<String> = Endpoint::ALL.iter().map(|e| e.path().to_string()).collect();
+        let paths: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|e| e.path().to_string())
+            .collect();
         match self.workload {
             Workload::Rate { load } => {
                 LoadPlan::constant(load * self.capacity_rps(), duration, &paths)
@@ -298,7 +367,8 @@ impl Scenario {
                 locations: vec!["/".into()],
                 peers: peers.to_vec(),
             }],
-            Layout::PerType => Endpoint::ALL
+            Layout::PerType => self
+                .endpoints
                 .iter()
                 .map(|e| UpstreamSpec {
                     name: e.label().to_string(),
@@ -309,14 +379,23 @@ impl Scenario {
         }
     }
 
+    fn describe_endpoints(&self) -> String {
+        match self.endpoints.len() {
+            1 => format!("one endpoint ({})", self.endpoints[0].label()),
+            3 => "the three endpoints".to_string(),
+            n => format!("{n} endpoints"),
+        }
+    }
+
     /// Human description of the load (for the report).
     pub fn describe_load(&self) -> String {
         let cap = self.capacity_rps();
         match self.workload {
             Workload::Rate { load } => format!(
-                "Poisson, {:.0} req/s = {:.0}% of capacity {cap:.0} req/s, the three endpoints in equal parts",
+                "Poisson, {:.0} req/s = {:.0}% of capacity {cap:.0} req/s, {} in equal parts",
                 load * cap,
-                load * 100.0
+                load * 100.0,
+                self.describe_endpoints()
             ),
             Workload::GenLoad { time_scale, rate_scale } => format!(
                 "gen_load per endpoint: busy {:.1}-{:.0} s at {:.0}-{:.0} req/s (shape exponential/normal/fixed/zipf), back-off {:.1}-{:.0} s; capacity {cap:.0} req/s",
@@ -498,6 +577,7 @@ pub fn run_once(
                 workers: b.workers,
                 service: b.service,
                 slow: b.slow,
+                degrade: b.degrade.map(|d| d.for_run(duration)),
                 seed: seed.wrapping_add(i as u64),
                 ..BackendConfig::default()
             })
@@ -507,7 +587,7 @@ pub fn run_once(
     let port = free_port().map_err(io_err(&settings.work_dir))?;
     let prefix = settings
         .work_dir
-        .join(scenario.id)
+        .join(&scenario.id)
         .join(format!("{}-{rep}", balancer.name()));
     let conf = NginxConf {
         prefix,
@@ -657,7 +737,7 @@ pub fn explore_and_learn(
         command: command.clone(),
         reason: e.to_string(),
     })?;
-    let results = settings.results_dir.join(scenario.id);
+    let results = settings.results_dir.join(&scenario.id);
     std::fs::create_dir_all(&results).map_err(io_err(&results))?;
     let log = results.join("learn.txt");
     let text = format!(
@@ -688,7 +768,7 @@ pub fn explore_and_learn(
 /// be the ones that create the logs.
 fn log_dir(scenario: &Scenario, settings: &Settings) -> Result<PathBuf, ExperimentError> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = settings.work_dir.join(scenario.id);
+    let dir = settings.work_dir.join(&scenario.id);
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(io_err(&dir))?;
     // the parents must be searchable too
@@ -733,7 +813,7 @@ pub fn run_scenario(
                     log: Some(
                         settings
                             .work_dir
-                            .join(scenario.id)
+                            .join(&scenario.id)
                             .join(format!("{}-{rep}.decisions.jsonl", b.name())),
                     ),
                     p2c: *p2c,

@@ -10,11 +10,14 @@
 //! - [`dist`]: the random delays both use;
 //! - [`percentiles`]: HDR latency histograms and their summaries;
 //! - [`experiment`], [`nginx`], [`report`]: the experiment runner
-//!   (`deep-sched-lab`): scenarios x balancers behind a real nginx, reports.
+//!   (`deep-sched-lab`): scenarios x balancers behind a real nginx, reports;
+//! - [`generate`]: scenarios generated from a seed (`G<seed>`), for
+//!   judging on scenarios a design was not tuned on.
 
 pub mod backend;
 pub mod dist;
 pub mod experiment;
+pub mod generate;
 pub mod load;
 pub mod nginx;
 pub mod percentiles;

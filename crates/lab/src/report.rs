@@ -234,12 +234,27 @@ fn render_markdown(
                         s.factor, s.slow_for, s.period
                     )
                 });
+                let degrade = b.degrade.map_or(String::new(), |d| {
+                    format!(
+                        ", degrading to {}x slower from {:.0}% to {:.0}% of each run",
+                        d.factor,
+                        d.from * 100.0,
+                        d.to * 100.0
+                    )
+                });
+                let reads = if b.service.user_timeline == b.service.home_timeline {
+                    format!("reads {}", b.service.home_timeline)
+                } else {
+                    format!(
+                        "home {} / user {}",
+                        b.service.home_timeline, b.service.user_timeline
+                    )
+                };
                 format!(
-                    "b{} {} workers, compose {} / reads {} ms{slow}",
+                    "b{} {} workers, compose {} / {reads} ms{slow}{degrade}",
                     i + 1,
                     b.workers,
                     b.service.compose,
-                    b.service.home_timeline
                 )
             })
             .collect::<Vec<_>>()

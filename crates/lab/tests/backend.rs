@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use deep_sched_lab::backend::{spawn, BackendConfig, Mode, ServiceTimes};
+use deep_sched_lab::backend::{spawn, BackendConfig, Degradation, Mode, ServiceTimes};
 use deep_sched_lab::dist::Delay;
 
 /// One request on a fresh connection: `(status, raw head, body)`.
@@ -62,6 +62,33 @@ fn serves_the_three_endpoints_health_and_stats() {
     assert!(stats["service"]["p99_ms"].as_f64().unwrap() >= 1.0);
     // reset: the next read starts from zero
     assert_eq!(b.stats().count, 0);
+}
+
+#[test]
+fn a_degrading_backend_serves_slower_after_its_ramp() {
+    // ×4 from 400 ms after the start on (a step): 10 ms, then 40 ms
+    let b = spawn(BackendConfig {
+        service: fixed(10.0),
+        degrade: Some(Degradation {
+            factor: 4.0,
+            start: Duration::from_millis(400),
+            ramp: Duration::ZERO,
+        }),
+        ..BackendConfig::default()
+    })
+    .unwrap();
+    let path = "/wrk2-api/home-timeline/read";
+    assert_eq!(get(b.addr(), path).unwrap().0, 200);
+    let before = b.control().take_stats().service.p99_ms;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(b.addr(), path).unwrap().0, 200);
+    let after = b.stats().service.p99_ms;
+    // timers only ever fire late: bounds from below, loose above
+    assert!(
+        (10.0..30.0).contains(&before),
+        "before the ramp: {before} ms"
+    );
+    assert!((40.0..80.0).contains(&after), "after the ramp: {after} ms");
 }
 
 #[test]

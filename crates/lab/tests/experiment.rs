@@ -170,3 +170,37 @@ fn one_pool_serves_everything_from_one_backend_with_every_worker() {
         .to_string();
     assert!(err.contains("S4 has no one-pool reference"), "{err}");
 }
+
+#[test]
+fn a_generated_scenario_runs_like_the_lab_s_own() {
+    // tuning seed 3: 5 peers (10/7/7/12/2), exponential, peer 2 degrading
+    // to 3x between 30% and 75% of the run, constant load, three types
+    let g = deep_sched_lab::generate::generate(3);
+    let Some(r) = run("generated", "G3", Balancer::LeastConn) else {
+        return;
+    };
+    let r = r.unwrap();
+    assert_eq!(r.backends.len(), g.peers.len());
+    assert_eq!(r.load.total.errors.total(), 0, "{:?}", r.load.total.errors);
+    assert!(
+        (r.load.total.rps / g.offered_rps - 1.0).abs() < 0.1,
+        "{} req/s for {} offered",
+        r.load.total.rps,
+        g.offered_rps
+    );
+    assert_eq!(r.load.types.len(), 3, "{:?}", r.load.types.keys());
+    // the degrading peer serves slower on average: ≈ 1.95x over the run
+    let affected = g.affected.unwrap().peer;
+    let p50 = |i: usize| r.backends[i].service.p50_ms;
+    let others = (0..g.peers.len()).filter(|&i| i != affected);
+    for i in others {
+        assert!(
+            p50(affected) > 1.3 * p50(i),
+            "degrading b{} p50 {} vs b{} {}",
+            affected + 1,
+            p50(affected),
+            i + 1,
+            p50(i)
+        );
+    }
+}

@@ -324,10 +324,12 @@ pub fn learn(
     // How often each per-request choice was logged: the policy records the
     // one most of its samples were served with (`provenance.choose`).
     let mut chooses: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut capacity = crate::capacity::CapacityData::default();
     let mut sink = |o: Observation| {
         if let Some(c) = &o.choose {
             *chooses.entry(c.clone()).or_default() += 1;
         }
+        capacity.push(&o);
         let (x, interval) = raw_features(&o);
         d = x.len();
         raw.extend_from_slice(&x);
@@ -751,6 +753,12 @@ pub fn learn(
         let _ = writeln!(summary, "{r}");
     }
     let _ = writeln!(summary, "out-of-distribution below log-likelihood {ood:.2}");
+    let names: Vec<(String, Vec<String>)> = shape
+        .upstreams
+        .iter()
+        .map(|u| (u.name.clone(), u.peers.clone()))
+        .collect();
+    summary.push_str(&crate::capacity::report(&names, &capacity.estimates()));
     Ok(Learned {
         policy,
         gmm,

@@ -90,3 +90,109 @@ pub fn synth(records: usize, seed: u64, phase: usize, out: &mut impl Write) -> s
     }
     Ok(())
 }
+
+/// A peer of [`queueing_observations`]: an M/M/c FIFO queue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueueingPeer {
+    /// Servers `c`.
+    pub workers: usize,
+    /// Mean service time `S`, ms.
+    pub service_ms: f64,
+    /// σ of `ln` service time for a log-normal service (mean `S` kept);
+    /// 0: exponential (M/M/c).
+    pub lognormal_sigma: f64,
+}
+
+impl QueueingPeer {
+    /// `c / S`, requests per second.
+    pub fn capacity_rps(&self) -> f64 {
+        self.workers as f64 * 1000.0 / self.service_ms
+    }
+}
+
+/// Intervals of one upstream over `peers`, each an exact event-driven
+/// simulation of an M/M/c FIFO queue: Poisson arrivals, `c` servers,
+/// exponential (or log-normal, M/G/c) service of mean `S`; an arrival
+/// starts at
+/// `max(arrival, earliest free server)`. The queue carries over from one
+/// interval to the next. In each interval every peer gets its own arrival
+/// rate, `u × c/S` with `u` drawn uniformly from `utilisation` (the
+/// exploration that makes capacity visible); a peer with `utilisation`
+/// `(0, 0)` gets no traffic. Requests are counted in the interval in which
+/// they complete, with their response time rounded to whole ms, as nginx
+/// counts them.
+pub fn queueing_observations(
+    peers: &[QueueingPeer],
+    intervals: usize,
+    interval_ms: u64,
+    utilisation: &[(f64, f64)],
+    seed: u64,
+) -> Vec<crate::reader::Observation> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let t_len = interval_ms as f64;
+    let horizon = intervals as f64 * t_len;
+    let mut counters = vec![vec![PeerCounters::default(); peers.len()]; intervals];
+    for (p, peer) in peers.iter().enumerate() {
+        let (lo, hi) = utilisation.get(p).copied().unwrap_or((0.0, 0.0));
+        let exp = Exp::new(1.0 / peer.service_ms).expect("positive service time");
+        let sigma = peer.lognormal_sigma;
+        let lognormal = (sigma > 0.0).then(|| {
+            rand_distr::LogNormal::new(peer.service_ms.ln() - sigma * sigma / 2.0, sigma)
+                .expect("finite sigma")
+        });
+        let service_ms = |rng: &mut ChaCha8Rng| match &lognormal {
+            Some(d) => d.sample(rng),
+            None => exp.sample(rng),
+        };
+        // server free times (ms), as integer ns for the heap's order
+        let mut free: BinaryHeap<Reverse<u64>> = (0..peer.workers).map(|_| Reverse(0)).collect();
+        for i in 0..intervals {
+            let u = if hi > lo { rng.gen_range(lo..hi) } else { lo };
+            let rate_per_ms = u * peer.capacity_rps() / 1000.0;
+            if rate_per_ms <= 0.0 {
+                continue;
+            }
+            let gap = Exp::new(rate_per_ms).expect("positive rate");
+            let mut t = i as f64 * t_len + gap.sample(&mut rng);
+            while t < (i + 1) as f64 * t_len {
+                let Reverse(f) = free.pop().expect("at least one server");
+                let start = t.max(f as f64 / 1e6);
+                let end = start + service_ms(&mut rng);
+                free.push(Reverse((end * 1e6) as u64));
+                if end < horizon {
+                    let ms = (end - t).round() as u64;
+                    let c = &mut counters[(end / t_len) as usize][p];
+                    c.requests += 1;
+                    c.response_msec += ms;
+                    c.latency_hist[latency_bucket(ms)] += 1;
+                    c.responses[1] += 1;
+                }
+                t += gap.sample(&mut rng);
+            }
+        }
+    }
+    let t0 = 1_700_000_000_000u64;
+    counters
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut cs)| {
+            for c in &mut cs {
+                // Little's law: in flight = throughput × time inside
+                c.inflight = (c.response_msec as f64 / t_len).round() as u64;
+            }
+            crate::reader::Observation {
+                origin: format!("queueing:{}", i + 1),
+                time_ms: t0 + (i as u64 + 1) * interval_ms,
+                interval_ms,
+                deltas: vec![cs],
+                weights_in_force: vec![vec![1; peers.len()]],
+                next_weights: Some(vec![vec![1; peers.len()]]),
+                logged_features: None,
+                choose: None,
+            }
+        })
+        .collect()
+}

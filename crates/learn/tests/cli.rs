@@ -59,6 +59,7 @@ fn synth_learn_inspect_report() {
         "state occupancy",
         "pairs seen",
         "uniform",
+        "capacity per peer",
     ] {
         assert!(summary.contains(needle), "no '{needle}' in:\n{summary}");
     }

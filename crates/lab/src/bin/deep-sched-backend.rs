@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use deep_sched_lab::backend::{Backend, BackendConfig, Mode, ServiceTimes, SlowSchedule};
+use deep_sched_lab::backend::{
+    Backend, BackendConfig, Degradation, Mode, ServiceTimes, SlowSchedule,
+};
 use deep_sched_lab::dist::Delay;
 
 /// Emulated social-network backend: bounded workers, FIFO queue, service
@@ -26,7 +28,9 @@ struct Args {
     /// Requests served at once; more wait in a FIFO queue.
     #[arg(long, default_value_t = 8)]
     workers: usize,
-    /// Service time of the two reads (exp:MEAN, normal:MEAN[,SD], fixed:MS, zipf:MEAN[,N[,S]]; ms).
+    /// Service time of the two reads (`exp:MEAN`, `normal:MEAN[,SD]`,
+    /// `fixed:MS`, `zipf:MEAN[,N[,S]]`, `lognormal:MEAN[,SIGMA]`,
+    /// `bimodal:FAST,SLOW[,P]`; ms).
     #[arg(long, default_value = "exp:10")]
     service: Delay,
     /// Service time of compose (default: the reads' shape with twice their mean).
@@ -41,6 +45,16 @@ struct Args {
     /// Noisy neighbour: slow part at the start of each cycle (e.g. 5s).
     #[arg(long, value_parser = humantime::parse_duration)]
     slow_for: Option<Duration>,
+    /// Degrading peer: service-time multiplier reached at the end of the
+    /// ramp (grows linearly from 1).
+    #[arg(long)]
+    degrade_factor: Option<f64>,
+    /// Degrading peer: when the ramp begins, after the start (e.g. 30s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    degrade_after: Duration,
+    /// Degrading peer: length of the ramp (e.g. 60s; 0s: a step).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    degrade_over: Duration,
     /// Fraction of requests answered 500 at once.
     #[arg(long)]
     error_rate: Option<f64>,
@@ -88,12 +102,27 @@ fn config(args: Args) -> anyhow::Result<BackendConfig> {
         }
         _ => None,
     };
+    let degrade = match args.degrade_factor {
+        Some(factor) => {
+            anyhow::ensure!(
+                factor.is_finite() && factor > 0.0,
+                "--degrade-factor {factor}: expected a positive number"
+            );
+            Some(Degradation {
+                factor,
+                start: args.degrade_after,
+                ramp: args.degrade_over,
+            })
+        }
+        None => None,
+    };
     Ok(BackendConfig {
         name: args.name,
         listen: args.listen,
         workers: args.workers,
         service,
         slow,
+        degrade,
         mode,
         drop_every: args.drop_every.filter(|&n| n > 0),
         response_bytes: args.response_bytes,

@@ -5,6 +5,8 @@
 //! deep-sched-lab run S1 S2 --nginx build/sbin/nginx --duration 30s --reps 3
 //! deep-sched-lab distribution --nginx build/sbin/nginx
 //! deep-sched-lab list
+//! deep-sched-lab scenario 1001           # a generated scenario as JSON
+//! deep-sched-lab run G3 --nginx build/sbin/nginx --duration 20s
 //! deep-sched-lab report results/S4     # report.md again from summary.json
 //! ```
 
@@ -76,7 +78,14 @@ fn parse_interval(text: &str) -> Result<u64, String> {
 enum Cmd {
     /// List the scenarios.
     List,
-    /// Run scenarios (S1..S6 or `all`) and write their reports.
+    /// Print the scenario generated from a seed as JSON
+    /// (policies/scenario.schema.json); `run G<SEED>` runs it.
+    Scenario {
+        /// The seed (see lab/seeds/tuning.txt; never tune on heldout.txt).
+        seed: u64,
+    },
+    /// Run scenarios (S1..S6, G<seed> for a generated one, or `all` for
+    /// S1..S6) and write their reports.
     Run {
         /// Scenario ids.
         #[arg(required = true)]
@@ -232,6 +241,17 @@ fn main() -> anyhow::Result<()> {
                 println!("{}  {}", s.id, s.title);
                 println!("    load: {}", s.describe_load());
             }
+            println!("G<seed>  generated from a seed (`deep-sched-lab scenario SEED`; seeds in lab/seeds/)");
+        }
+        Cmd::Scenario { seed } => {
+            use std::io::Write as _;
+            let g = deep_sched_lab::generate::generate(seed);
+            let text = serde_json::to_string_pretty(&g)? + "\n";
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                // `| head` is not a failure
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                r => r.context("writing the scenario to stdout")?,
+            }
         }
         Cmd::Run {
             scenarios,
@@ -252,7 +272,7 @@ fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|id| {
                         Scenario::by_id(id).with_context(|| {
-                            format!("scenario `{id}`: expected one of S1..S6 or all")
+                            format!("scenario `{id}`: expected one of S1..S6, G<seed> or all")
                         })
                     })
                     .collect::<anyhow::Result<_>>()?
@@ -294,7 +314,7 @@ fn main() -> anyhow::Result<()> {
                         break;
                     }
                 };
-                let dir = settings.results_dir.join(s.id);
+                let dir = settings.results_dir.join(&s.id);
                 let report = write_scenario_report(s, &settings, &results, &version, &dir)?;
                 println!("{}: {}", s.id, report.display());
             }
@@ -308,8 +328,9 @@ fn main() -> anyhow::Result<()> {
             duration,
             out,
         } => {
-            let s = Scenario::by_id(&scenario)
-                .with_context(|| format!("scenario `{scenario}`: expected one of S1..S6"))?;
+            let s = Scenario::by_id(&scenario).with_context(|| {
+                format!("scenario `{scenario}`: expected one of S1..S6 or G<seed>")
+            })?;
             anyhow::ensure!(
                 module.is_file(),
                 "--module {}: no such file",
