@@ -284,6 +284,13 @@ fn decide(agent: &AgentConf, view: &ZoneView, dt_ms: u64, log: *mut ngx_log_t) {
                 };
             }
         }
+        // The rule's choice was not applied: no action, nothing explored,
+        // and the weights were certain.
+        decision.action = None;
+        decision.explored = false;
+        decision.sample.action = None;
+        decision.sample.explored = false;
+        decision.sample.propensity = Some(1.0);
         decision.sample.weights = decision.weights.clone();
         decision.sample.admin = Some(if pinned { "pinned" } else { "paused" }.into());
     }

@@ -221,6 +221,8 @@ fn pause_and_pin_an_agent() {
         .find_map(|l| serde_json::from_str::<Value>(&l).ok())
         .unwrap();
     assert_eq!(pinned_line["admin"], "pinned", "{pinned_line}");
+    assert_eq!(pinned_line["explored"], false, "{pinned_line}");
+    assert_eq!(pinned_line["propensity"], 1.0, "{pinned_line}");
     assert_eq!(pinned_line["weights"][0], serde_json::json!([1, 1, 8]));
 
     // Unpin and pause: the configured weights (1, 1, 1).
