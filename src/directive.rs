@@ -12,11 +12,12 @@ use core::ffi::{c_char, c_void};
 use core::ptr;
 use std::sync::Arc;
 
-use deep_sched_core::directive::{self as args, ModeArg};
+use deep_sched_core::directive::{self as args, ChooseArg, ModeArg};
 use deep_sched_core::policy::Policy;
 use ngx::ffi::{
-    ngx_conf_full_name, ngx_conf_open_file, ngx_conf_t, ngx_int_t, ngx_open_file_t, ngx_uint_t,
-    NGX_HTTP_UPSTREAM_BACKUP, NGX_HTTP_UPSTREAM_CREATE, NGX_HTTP_UPSTREAM_DOWN,
+    ngx_conf_full_name, ngx_conf_open_file, ngx_conf_t, ngx_http_compile_complex_value,
+    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_int_t, ngx_open_file_t,
+    ngx_uint_t, NGX_HTTP_UPSTREAM_BACKUP, NGX_HTTP_UPSTREAM_CREATE, NGX_HTTP_UPSTREAM_DOWN,
     NGX_HTTP_UPSTREAM_FAIL_TIMEOUT, NGX_HTTP_UPSTREAM_MAX_CONNS, NGX_HTTP_UPSTREAM_MAX_FAILS,
     NGX_HTTP_UPSTREAM_WEIGHT, NGX_LOG_EMERG,
 };
@@ -44,7 +45,28 @@ unsafe fn full_name(cf: *mut ngx_conf_t, name: &str, conf_prefix: bool) -> Optio
     }
 }
 
-/// `deep_sched [explore | POLICY_FILE] [interval=] [choose=] [log=] [weights=] [epsilon=];`
+/// Compiles `key=` of `choose=hash` as an nginx complex value (as nginx's
+/// `hash` compiles its key). Its variables are checked by name in
+/// `init_upstream`, once every variable of the configuration is defined.
+unsafe fn compile_key(cf: *mut ngx_conf_t, key: &str) -> Option<*mut ngx_http_complex_value_t> {
+    // SAFETY: cf is live; the value and the compiled script live in the
+    // configuration pool, as long as the cycle.
+    unsafe {
+        let pool = ngx::core::Pool::from_ngx_pool((*cf).pool);
+        let mut value = pool_str(cf, key)?;
+        let cv = pool.calloc_type::<ngx_http_complex_value_t>();
+        if cv.is_null() {
+            return None;
+        }
+        let mut ccv: ngx_http_compile_complex_value_t = core::mem::zeroed();
+        ccv.cf = cf;
+        ccv.value = &mut value;
+        ccv.complex_value = cv;
+        (ngx_http_compile_complex_value(&mut ccv) == ngx::ffi::NGX_OK as ngx_int_t).then_some(cv)
+    }
+}
+
+/// `deep_sched [explore | POLICY_FILE] [interval=] [choose=] [log=] [weights=] [epsilon=] [key=] [balance=];`
 pub unsafe extern "C" fn deep_sched(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx::ffi::ngx_command_t,
@@ -214,6 +236,20 @@ unsafe fn deep_sched_inner(cf: *mut ngx_conf_t, scf: &mut SrvConf) -> *mut c_cha
     scf.upstream = index;
     scf.main = main;
     scf.choose = parsed.choose;
+    if let (ChooseArg::Hash, Some(key)) = (parsed.choose, &parsed.key) {
+        // SAFETY: cf is live.
+        match unsafe { compile_key(cf, key) } {
+            Some(cv) => scf.key = cv,
+            None => {
+                return conf_error(
+                    cf,
+                    &format!(
+                        "invalid parameter \"key={key}\" in \"deep_sched\": cannot compile the key"
+                    ),
+                )
+            }
+        }
+    }
 
     uscf.peer.init_upstream = Some(crate::upstream::init_upstream);
     uscf.flags = (NGX_HTTP_UPSTREAM_CREATE

@@ -118,6 +118,7 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
             choose: match a.args.choose {
                 ChooseArg::Wrr => "wrr",
                 ChooseArg::P2c => "p2c",
+                ChooseArg::Hash => "hash",
             }
             .into(),
             interval_msec: a.interval_ms,

@@ -6,9 +6,11 @@
 //! peers of the agent. Per request, `get_peer` first applies a newly
 //! published decision to the peers' weights (one atomic load when nothing
 //! changed), then lets nginx's smooth weighted round robin choose
-//! (`choose=wrr`) or makes a power-of-two choice among the same eligible
-//! peers (`choose=p2c`). `free_peer` records the try's outcome in the
-//! shared zone and hands over to nginx's round robin.
+//! (`choose=wrr`), makes a power-of-two choice among the same eligible
+//! peers (`choose=p2c`) or walks the consistent-hash ring of the request's
+//! key to the first eligible peer under its load bound (`choose=hash`,
+//! `init_peer` evaluates the key). `free_peer` records the try's outcome
+//! in the shared zone and hands over to nginx's round robin.
 //!
 //! nginx's bookkeeping stays consistent on every path: the module's own
 //! work runs before a peer is charged (a panic there falls back to plain
@@ -23,9 +25,11 @@ use deep_sched_core::choose::{
 };
 use deep_sched_core::directive::{ChooseArg, ModeArg, MAX_WEIGHT};
 use deep_sched_core::draw::{p2c_drawn, DrawTable, Drawn, Pick};
+use deep_sched_core::hash::{HashFn, Ring};
 use ngx::core::Pool;
 use ngx::ffi::{
-    ngx_conf_t, ngx_current_msec, ngx_http_request_t, ngx_http_upstream_free_round_robin_peer,
+    ngx_conf_t, ngx_current_msec, ngx_http_complex_value, ngx_http_core_main_conf_t,
+    ngx_http_core_module, ngx_http_request_t, ngx_http_upstream_free_round_robin_peer,
     ngx_http_upstream_get_round_robin_peer, ngx_http_upstream_init_round_robin,
     ngx_http_upstream_init_round_robin_peer, ngx_http_upstream_rr_peer_data_t,
     ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
@@ -63,6 +67,8 @@ pub struct PeerData {
     pub started_ms: u64,
     /// Name of the peer chosen last (for `$deep_sched_peer`).
     pub peer_name: ngx_str_t,
+    /// `choose=hash`: the key's position on the ring, once evaluated.
+    pub key_hash: Option<u32>,
 }
 
 /// The peers' write lock when they live in a shared zone (the same rule
@@ -201,10 +207,66 @@ unsafe fn init_upstream_inner(
             return NGX_ERROR as ngx_int_t;
         }
     }
+    if let Some(key) = agent_key_unknown(cf, &main.agents[scf.agent].args) {
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", key);
+        return NGX_ERROR as ngx_int_t;
+    }
+    let Some(up) = main.agents[scf.agent]
+        .upstreams
+        .iter_mut()
+        .find(|u| u.index == scf.upstream)
+    else {
+        return NGX_ERROR as ngx_int_t;
+    };
     up.initialised = true;
     // SAFETY: us is live.
     unsafe { (*us).peer.init = Some(init_peer) };
     NGX_OK as ngx_int_t
+}
+
+/// The error for `key=` when it names a variable the configuration does
+/// not define (as nginx's own check would, later and without naming the
+/// directive): `None` when every variable is known or there is no key.
+fn agent_key_unknown(
+    cf: *mut ngx_conf_t,
+    args: &deep_sched_core::directive::DirectiveArgs,
+) -> Option<deep_sched_core::directive::DirectiveError> {
+    let key = args.key.as_deref()?;
+    let names = deep_sched_core::directive::key_variables(key).ok()?;
+    // SAFETY: cf is inside the http block, after it was parsed (upstreams
+    // are initialised by the upstream module's init_main_conf): the core
+    // module's main conf still holds every variable's name (nginx frees the
+    // keys only in ngx_http_variables_init_vars, after postconfiguration).
+    let known = |name: &str| unsafe {
+        let ctx = (*cf).ctx as *mut ngx::ffi::ngx_http_conf_ctx_t;
+        let cmcf = *(*ctx).main_conf.add(ngx_http_core_module.ctx_index)
+            as *const ngx_http_core_main_conf_t;
+        if cmcf.is_null() || (*cmcf).variables_keys.is_null() {
+            return true;
+        }
+        let lower = name.to_ascii_lowercase();
+        let keys = &(*(*cmcf).variables_keys).keys;
+        let keys =
+            core::slice::from_raw_parts(keys.elts as *const ngx::ffi::ngx_hash_key_t, keys.nelts);
+        let prefixes = &(*cmcf).prefix_variables;
+        let prefixes = core::slice::from_raw_parts(
+            prefixes.elts as *const ngx::ffi::ngx_http_variable_t,
+            prefixes.nelts,
+        );
+        keys.iter()
+            .any(|k| k.key.as_bytes().eq_ignore_ascii_case(lower.as_bytes()))
+            || prefixes
+                .iter()
+                .any(|p| lower.as_bytes().starts_with(p.name.as_bytes()))
+    };
+    // `$1`..: regex captures, not variables.
+    let unknown = names
+        .into_iter()
+        .find(|n| !n.bytes().all(|b| b.is_ascii_digit()) && !known(n))?;
+    Some(deep_sched_core::directive::DirectiveError {
+        word: format!("key={key}"),
+        problem: format!("unknown variable \"${unknown}\""),
+    })
 }
 
 /// Per request: nginx's round-robin data inside ours, our callbacks.
@@ -245,6 +307,15 @@ unsafe fn init_peer_inner(
         (*pd).choose = scf.choose;
         (*pd).primary = (*pd).rrp.peers;
         (*pd).slot = usize::MAX;
+        (*pd).key_hash = None;
+        if scf.choose == ChooseArg::Hash && !scf.key.is_null() {
+            // As nginx's hash: the key is evaluated once, in the request's pool.
+            let mut key = ngx_str_t::default();
+            if ngx_http_complex_value(r, scf.key, &mut key) != NGX_OK as ngx_int_t {
+                return NGX_ERROR as ngx_int_t;
+            }
+            (*pd).key_hash = Some(HashFn::Xxh3.key(key.as_bytes()));
+        }
         (*u).peer.get = Some(get_peer);
         (*u).peer.free = Some(free_peer);
         // For $deep_sched_state / $deep_sched_peer.
@@ -289,10 +360,33 @@ unsafe fn ensure_local(
     local.draw = Some(DrawTable::new(&up.configured_weights));
 }
 
+/// `choose=hash`: the ring of this worker's upstream, built on its first
+/// request from the weights round robin has now (the configured ones until
+/// a decision is applied; in observe mode, for good).
+unsafe fn ensure_ring(
+    local: &mut UpstreamLocal,
+    up: &UpstreamConf,
+    peers: *mut ngx_http_upstream_rr_peers_t,
+) {
+    if local.ring.is_some() || local.peers.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = up.peers.iter().map(String::as_str).collect();
+    let mut ring = Ring::new(HashFn::Xxh3, &names);
+    {
+        // SAFETY: the read lock is held while the weights are read.
+        let _lock = unsafe { PeersLock::read(peers) };
+        // SAFETY: local.peers are the live primary peers.
+        ring.rebuild(|i| unsafe { (*local.peers[i]).weight }.max(0) as u32);
+    }
+    local.ring = Some(ring);
+}
+
 /// Applies the agent's published weights to the primary peers when a new
 /// decision was published since this worker last looked. Round robin's
 /// failure back-off (`effective_weight` below `weight`) is kept in
-/// proportion, and `choose=p2c`'s draw table is rebuilt. A read that keeps
+/// proportion, and `choose=p2c`'s draw table or `choose=hash`'s ring is
+/// rebuilt. A read that keeps
 /// meeting the writer changes nothing: the next request tries again.
 unsafe fn sync_weights(
     agent: &AgentConf,
@@ -324,14 +418,20 @@ unsafe fn sync_weights(
     unsafe {
         let _lock = PeersLock::write(peers);
         let mut total = 0;
-        for (&p, &w) in local.peers.iter().zip(weights.iter()) {
+        for (&p, w) in local.peers.iter().zip(weights.iter_mut()) {
             let p = &mut *p;
-            let w = w.min(MAX_WEIGHT) as ngx_int_t;
-            if w > 0 {
-                p.effective_weight =
-                    scale_effective_weight(p.effective_weight as i64, p.weight as i64, w as i64)
-                        as ngx_int_t;
-                p.weight = w;
+            let published = (*w).min(MAX_WEIGHT) as ngx_int_t;
+            if published > 0 {
+                p.effective_weight = scale_effective_weight(
+                    p.effective_weight as i64,
+                    p.weight as i64,
+                    published as i64,
+                ) as ngx_int_t;
+                p.weight = published;
+            }
+            if choose == ChooseArg::Hash {
+                // The ring follows the weights applied (a 0 keeps the old one).
+                *w = p.weight as u32;
             }
             total += p.weight as ngx_uint_t;
         }
@@ -341,6 +441,10 @@ unsafe fn sync_weights(
     if choose == ChooseArg::P2c {
         // Once per decision and worker: the only allocation outside start-up.
         local.draw = Some(DrawTable::new(&local.weights));
+    }
+    if let (ChooseArg::Hash, Some(ring)) = (choose, local.ring.as_mut()) {
+        // Once per decision and worker, in place, outside the peers' lock.
+        ring.rebuild(|i| local.weights[i]);
     }
     up.applied_epoch.set(published.epoch);
 }
@@ -405,6 +509,9 @@ unsafe fn plan_pick(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> Plan {
     // SAFETY: primary is the live primary peer list of this upstream.
     unsafe {
         ensure_local(&mut local, up, pd.primary);
+        if pd.choose == ChooseArg::Hash {
+            ensure_ring(&mut local, up, pd.primary);
+        }
         sync_weights(agent, up, &mut local, &view, pd.primary, pd.choose);
     }
     // SAFETY: ngx_current_msec is the event loop's clock.
@@ -415,6 +522,13 @@ unsafe fn plan_pick(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> Plan {
             Some(i) => Plan::Picked(i),
             None => rr,
         },
+        // SAFETY: pc and rrp are live.
+        ChooseArg::Hash => {
+            match unsafe { hash_pick(pc, pd, agent, up, &mut local, &view, main.shard.get()) } {
+                Some(i) => Plan::Picked(i),
+                None => rr,
+            }
+        }
         ChooseArg::Wrr => {
             let ramping = agent.args.slow_start_ms > 0
                 && now
@@ -605,7 +719,24 @@ unsafe fn p2c_pick(
                 }
             }
         };
-        let peer = &mut *local.peers[best];
+        charge(pc, pd, local.peers[best], best, now);
+        Some(best)
+    }
+}
+
+/// Charges primary peer `i` with the try, as round robin does with the
+/// peer it picked. The caller holds the peers' write lock.
+unsafe fn charge(
+    pc: *mut ngx_peer_connection_t,
+    pd: &mut PeerData,
+    p: *mut ngx_http_upstream_rr_peer_t,
+    i: usize,
+    now: ngx::ffi::time_t,
+) {
+    // SAFETY: p is a live peer of the primary list, under the write lock;
+    // pc is live; the bitmap covers the primary list.
+    unsafe {
+        let peer = &mut *p;
         // Round robin's recovery of a backed-off peer, one step per pick.
         if peer.effective_weight < peer.weight {
             peer.effective_weight += 1;
@@ -615,7 +746,7 @@ unsafe fn p2c_pick(
         {
             peer.refs += 1;
         }
-        set_tried(&mut pd.rrp, best, true);
+        set_tried(&mut pd.rrp, i, true);
         if now - peer.checked > peer.fail_timeout {
             peer.checked = now;
         }
@@ -623,6 +754,57 @@ unsafe fn p2c_pick(
         (*pc).socklen = peer.socklen;
         (*pc).name = &mut peer.name;
         peer.conns += 1;
+    }
+}
+
+/// Consistent hashing with bounded loads (`deep_sched_core::hash`): under
+/// the peers' write lock (as nginx's `hash ... consistent`), every primary
+/// peer's eligibility (round robin's rules, `eligible`) and requests in
+/// flight at its address (all workers', from the zone) are read, and the
+/// ring is walked from the key's point to the first eligible peer under
+/// its bound. A retry finds the tried peer ineligible and walks on to the
+/// next. The chosen peer is counted in flight before the lock is released,
+/// so with a `zone` no two workers both see room under the same bound.
+/// `None` (round robin, then backups) when no key or no peer.
+unsafe fn hash_pick(
+    pc: *mut ngx_peer_connection_t,
+    pd: &mut PeerData,
+    agent: &AgentConf,
+    up: &UpstreamConf,
+    local: &mut UpstreamLocal,
+    view: &ZoneView,
+    shard: Option<usize>,
+) -> Option<usize> {
+    let h = pd.key_hash?;
+    if pd.rrp.peers != pd.primary || local.peers.is_empty() {
+        return None;
+    }
+    let UpstreamLocal {
+        peers, loads, ring, ..
+    } = local;
+    let ring = ring.as_ref()?;
+    // SAFETY: pc is live; a new try starts without a cached connection.
+    unsafe {
+        (*pc).set_cached(0);
+        (*pc).connection = ptr::null_mut();
+    }
+    let now = ngx::ffi::ngx_time();
+    // SAFETY: the write lock is held while the peers are read and the
+    // chosen one charged.
+    unsafe {
+        let _lock = PeersLock::write(pd.primary);
+        for (i, &p) in peers.iter().enumerate() {
+            loads[i] = PeerLoad {
+                eligible: eligible(pd, p, i, now),
+                inflight: view.address_inflight(up.slot_base + i),
+                ..PeerLoad::default()
+            };
+        }
+        let best = ring.pick(h, loads, agent.args.balance)?;
+        charge(pc, pd, peers[best], best, now);
+        view.add_inflight(shard, up.slot_base + best, 1);
+        pd.started_ms = ngx_current_msec as u64;
+        pd.slot = up.slot_base + best;
         Some(best)
     }
 }
@@ -635,6 +817,10 @@ unsafe fn count_try(pd: &mut PeerData, picked: Option<usize>) {
         let main = &*pd.main;
         let current = pd.rrp.current;
         pd.peer_name = (*current).name;
+        if pd.slot != usize::MAX {
+            // Already counted in flight by the pick (choose=hash).
+            return;
+        }
         let agent = &main.agents[pd.agent];
         let (Some(up), Some(view)) = (agent.upstream(pd.upstream), ZoneView::of(main)) else {
             return;
