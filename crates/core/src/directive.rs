@@ -251,6 +251,17 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
     {
         return Err(err(word, "only valid with \"choose=hash\""));
     }
+    if hashing && args.slow_start_ms > 0 {
+        let word = rest
+            .iter()
+            .find(|w| w.starts_with("slow_start="))
+            .copied()
+            .unwrap_or("slow_start=");
+        return Err(err(
+            word,
+            "not with \"choose=hash\" (a ramp would move the returning peer's keys away and back)",
+        ));
+    }
     if hashing && args.key.is_none() {
         let word = rest
             .iter()
