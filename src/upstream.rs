@@ -314,7 +314,10 @@ unsafe fn init_peer_inner(
             if ngx_http_complex_value(r, scf.key, &mut key) != NGX_OK as ngx_int_t {
                 return NGX_ERROR as ngx_int_t;
             }
-            (*pd).key_hash = Some(HashFn::Xxh3.key(key.as_bytes()));
+            // An empty key is balanced by round robin, as nginx's hash does.
+            if key.len > 0 {
+                (*pd).key_hash = Some(HashFn::Xxh3.key(key.as_bytes()));
+            }
         }
         (*u).peer.get = Some(get_peer);
         (*u).peer.free = Some(free_peer);

@@ -85,6 +85,20 @@ fn same_key_same_backend_as_the_core_ring_says() {
     assert_eq!(st["agents"][0]["choose"], "hash");
 }
 
+/// An empty key (no such cookie) is balanced by round robin, as nginx's
+/// `hash` does, instead of pinning every such request to one peer.
+#[test]
+fn an_empty_key_is_round_robin() {
+    let b = backends(3, 8, 0.5);
+    let nginx = Nginx::start(&conf(
+        &server_lines(&b, &[]),
+        "deep_sched choose=hash key=$cookie_session balance=off;",
+    ));
+    let s = spread(&nginx, 30);
+    assert_eq!(s.len(), 3, "{s:?}");
+    assert!(s.values().all(|&c| c == 10), "{s:?}");
+}
+
 #[test]
 fn configured_weights_set_the_shares() {
     let b = backends(3, 8, 0.5);
