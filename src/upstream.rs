@@ -28,13 +28,13 @@ use deep_sched_core::draw::{p2c_drawn, DrawTable, Drawn, Pick};
 use deep_sched_core::hash::{HashFn, Ring};
 use ngx::core::Pool;
 use ngx::ffi::{
-    ngx_conf_t, ngx_current_msec, ngx_http_complex_value, ngx_http_core_main_conf_t,
-    ngx_http_core_module, ngx_http_request_t, ngx_http_upstream_free_round_robin_peer,
-    ngx_http_upstream_get_round_robin_peer, ngx_http_upstream_init_round_robin,
-    ngx_http_upstream_init_round_robin_peer, ngx_http_upstream_rr_peer_data_t,
-    ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_peer_connection_t, ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_rwlock_wlock,
-    ngx_str_t, ngx_uint_t, NGX_BUSY, NGX_ERROR, NGX_LOG_EMERG, NGX_OK, NGX_PEER_FAILED,
+    ngx_conf_t, ngx_current_msec, ngx_http_complex_value, ngx_http_request_t,
+    ngx_http_upstream_free_round_robin_peer, ngx_http_upstream_get_round_robin_peer,
+    ngx_http_upstream_init_round_robin, ngx_http_upstream_init_round_robin_peer,
+    ngx_http_upstream_rr_peer_data_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_rlock,
+    ngx_rwlock_unlock, ngx_rwlock_wlock, ngx_str_t, ngx_uint_t, NGX_BUSY, NGX_ERROR, NGX_LOG_EMERG,
+    NGX_OK, NGX_PEER_FAILED,
 };
 use ngx::ngx_conf_log_error;
 
@@ -207,66 +207,10 @@ unsafe fn init_upstream_inner(
             return NGX_ERROR as ngx_int_t;
         }
     }
-    if let Some(key) = agent_key_unknown(cf, &main.agents[scf.agent].args) {
-        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", key);
-        return NGX_ERROR as ngx_int_t;
-    }
-    let Some(up) = main.agents[scf.agent]
-        .upstreams
-        .iter_mut()
-        .find(|u| u.index == scf.upstream)
-    else {
-        return NGX_ERROR as ngx_int_t;
-    };
     up.initialised = true;
     // SAFETY: us is live.
     unsafe { (*us).peer.init = Some(init_peer) };
     NGX_OK as ngx_int_t
-}
-
-/// The error for `key=` when it names a variable the configuration does
-/// not define (as nginx's own check would, later and without naming the
-/// directive): `None` when every variable is known or there is no key.
-fn agent_key_unknown(
-    cf: *mut ngx_conf_t,
-    args: &deep_sched_core::directive::DirectiveArgs,
-) -> Option<deep_sched_core::directive::DirectiveError> {
-    let key = args.key.as_deref()?;
-    let names = deep_sched_core::directive::key_variables(key).ok()?;
-    // SAFETY: cf is inside the http block, after it was parsed (upstreams
-    // are initialised by the upstream module's init_main_conf): the core
-    // module's main conf still holds every variable's name (nginx frees the
-    // keys only in ngx_http_variables_init_vars, after postconfiguration).
-    let known = |name: &str| unsafe {
-        let ctx = (*cf).ctx as *mut ngx::ffi::ngx_http_conf_ctx_t;
-        let cmcf = *(*ctx).main_conf.add(ngx_http_core_module.ctx_index)
-            as *const ngx_http_core_main_conf_t;
-        if cmcf.is_null() || (*cmcf).variables_keys.is_null() {
-            return true;
-        }
-        let lower = name.to_ascii_lowercase();
-        let keys = &(*(*cmcf).variables_keys).keys;
-        let keys =
-            core::slice::from_raw_parts(keys.elts as *const ngx::ffi::ngx_hash_key_t, keys.nelts);
-        let prefixes = &(*cmcf).prefix_variables;
-        let prefixes = core::slice::from_raw_parts(
-            prefixes.elts as *const ngx::ffi::ngx_http_variable_t,
-            prefixes.nelts,
-        );
-        keys.iter()
-            .any(|k| k.key.as_bytes().eq_ignore_ascii_case(lower.as_bytes()))
-            || prefixes
-                .iter()
-                .any(|p| lower.as_bytes().starts_with(p.name.as_bytes()))
-    };
-    // `$1`..: regex captures, not variables.
-    let unknown = names
-        .into_iter()
-        .find(|n| !n.bytes().all(|b| b.is_ascii_digit()) && !known(n))?;
-    Some(deep_sched_core::directive::DirectiveError {
-        word: format!("key={key}"),
-        problem: format!("unknown variable \"${unknown}\""),
-    })
 }
 
 /// Per request: nginx's round-robin data inside ours, our callbacks.
@@ -389,8 +333,8 @@ unsafe fn ensure_ring(
 /// decision was published since this worker last looked. Round robin's
 /// failure back-off (`effective_weight` below `weight`) is kept in
 /// proportion, and `choose=p2c`'s draw table or `choose=hash`'s ring is
-/// rebuilt. A read that keeps
-/// meeting the writer changes nothing: the next request tries again.
+/// rebuilt. A read that keeps meeting the writer changes nothing: the next
+/// request tries again.
 unsafe fn sync_weights(
     agent: &AgentConf,
     up: &UpstreamConf,
@@ -421,22 +365,22 @@ unsafe fn sync_weights(
     unsafe {
         let _lock = PeersLock::write(peers);
         let mut total = 0;
-        for (&p, w) in local.peers.iter().zip(weights.iter_mut()) {
+        for (&p, &w) in local.peers.iter().zip(weights.iter()) {
             let p = &mut *p;
-            let published = (*w).min(MAX_WEIGHT) as ngx_int_t;
-            if published > 0 {
-                p.effective_weight = scale_effective_weight(
-                    p.effective_weight as i64,
-                    p.weight as i64,
-                    published as i64,
-                ) as ngx_int_t;
-                p.weight = published;
-            }
-            if choose == ChooseArg::Hash {
-                // The ring follows the weights applied (a 0 keeps the old one).
-                *w = p.weight as u32;
+            let w = w.min(MAX_WEIGHT) as ngx_int_t;
+            if w > 0 {
+                p.effective_weight =
+                    scale_effective_weight(p.effective_weight as i64, p.weight as i64, w as i64)
+                        as ngx_int_t;
+                p.weight = w;
             }
             total += p.weight as ngx_uint_t;
+        }
+        if choose == ChooseArg::Hash {
+            // The ring follows the weights applied (a 0 keeps the old one).
+            for (w, &p) in weights.iter_mut().zip(&local.peers) {
+                *w = (*p).weight as u32;
+            }
         }
         (*peers).total_weight = total;
         (*peers).set_weighted(1);

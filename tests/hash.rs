@@ -289,7 +289,7 @@ fn bad_key_and_balance_fail_nginx_t() {
     let cases = [
         (
             "deep_sched choose=hash key=$no_such_variable;",
-            "invalid parameter \"key=$no_such_variable\" in \"deep_sched\": unknown variable \"$no_such_variable\"",
+            "invalid parameter \"key=$no_such_variable\" in \"deep_sched\": unknown variable \"$no_such_variable\" (upstream \"backend\")",
         ),
         (
             "deep_sched choose=hash key=${host}$nope;",
