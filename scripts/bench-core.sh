@@ -46,6 +46,7 @@ $(row hash/pick_64x160 "choose=hash: one pick (ring lookup + bound over every pe
 $(row hash/pick_1024x1000 "choose=hash: one pick, 1,024 peers of weight 1,000 (ring capped at 2^18 points)" "")
 $(row hash/key_xxh3 "choose=hash: hashing a 40-byte key (xxh3)" "")
 $(row hash/rebuild_64x160 "choose=hash: ring rebuild, 64 peers, ~15k points (once per decision)" "")
+$(row hash/rebuild_1024x1000 "choose=hash: ring rebuild at the cap, 2^18 points" "")
 $(row free_record "free path: one try recorded + in flight released" "")
 $(row choose/latency_bucket "latency histogram bucket (per request)" "")
 $(row choose/decayed_latency "read-time decay of a latency estimate (per p2c draw)" "")

@@ -201,6 +201,18 @@ fn bench_hash(c: &mut Criterion) {
             ring.rebuild(|i| 1 + (i as u32 + flip) % 2);
         })
     });
+    let names: Vec<String> = (0..1024)
+        .map(|i| format!("10.0.{}.{}:80", i / 256, i % 256))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut ring = Ring::new(HashFn::Xxh3, &refs);
+    g.sample_size(10);
+    g.bench_function("rebuild_1024x1000", |b| {
+        b.iter(|| {
+            flip ^= 1;
+            ring.rebuild(|i| 999 + (i as u32 + flip) % 2);
+        })
+    });
     g.finish();
 }
 

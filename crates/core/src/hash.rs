@@ -243,10 +243,17 @@ impl Ring {
 
     /// Rebuilds the ring for weight `weight(i)` of peer `i` (0: no point).
     /// Reuses its buffers: allocates only when the ring grows beyond any
-    /// earlier size. O(P log P) for P points; once per decision.
+    /// earlier size. O(P log P) for P points, once per decision, and
+    /// nothing when the weights are those the ring has.
     pub fn rebuild(&mut self, mut weight: impl FnMut(usize) -> u32) {
+        let mut changed = self.points.is_empty();
         for (i, w) in self.weights.iter_mut().enumerate() {
-            *w = weight(i);
+            let new = weight(i);
+            changed |= new != *w;
+            *w = new;
+        }
+        if !changed {
+            return;
         }
         let total: u64 = self.weights.iter().map(|&w| u64::from(w)).sum();
         self.points.clear();
@@ -492,6 +499,19 @@ mod tests {
         assert_eq!(r.points.as_ptr(), ptr);
         assert_eq!(r.len(), 9 * 160);
         assert_eq!(r.points_of(2), 800);
+    }
+
+    #[test]
+    fn same_weights_keep_the_ring() {
+        let mut r = ring(HashFn::Xxh3, &[2, 1]);
+        let before = r.points.clone();
+        r.points[0].0 ^= 1; // a mark a rebuild would erase
+        r.rebuild(|i| [2, 1][i]);
+        assert_ne!(r.points, before, "not rebuilt");
+        r.rebuild(|i| [1, 1][i]);
+        assert_eq!(r.len(), 320);
+        r.rebuild(|i| [2, 1][i]);
+        assert_eq!(r.points, before);
     }
 
     #[test]
