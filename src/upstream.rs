@@ -25,7 +25,7 @@ use deep_sched_core::choose::{
 };
 use deep_sched_core::directive::{ChooseArg, ModeArg, MAX_WEIGHT};
 use deep_sched_core::draw::{p2c_drawn, DrawTable, Drawn, Pick};
-use deep_sched_core::hash::{HashFn, Ring};
+use deep_sched_core::hash::{Balance, HashFn, Ring};
 use ngx::core::Pool;
 use ngx::ffi::{
     ngx_conf_t, ngx_current_msec, ngx_http_complex_value, ngx_http_request_t,
@@ -740,10 +740,16 @@ unsafe fn hash_pick(
     // chosen one charged.
     unsafe {
         let _lock = PeersLock::write(pd.primary);
+        // Plain consistent hashing reads no in-flight count.
+        let bounded = agent.args.balance != Balance::Off;
         for (i, &p) in peers.iter().enumerate() {
             loads[i] = PeerLoad {
                 eligible: eligible(pd, p, i, now),
-                inflight: view.address_inflight(up.slot_base + i),
+                inflight: if bounded {
+                    view.address_inflight(up.slot_base + i)
+                } else {
+                    0
+                },
                 ..PeerLoad::default()
             };
         }
