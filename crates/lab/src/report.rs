@@ -1048,6 +1048,12 @@ Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
             "\nDistribution of 10,000 requests over N = 2..6 peers (std. dev. of per-peer counts): `results/distribution/report.md`."
         );
     }
+    if results_dir.join("distribution").join("keys.md").is_file() {
+        let _ = writeln!(
+            md,
+            "\nConsistent hashing of 10,000 keys over N = 2..6 peers by hash function and nginx's ketama (share std. dev., keys moved on adding or removing a peer): `results/distribution/keys.md`."
+        );
+    }
     Ok(md)
 }
 
