@@ -42,6 +42,11 @@ $(row pick/p2c_scan_1024 "p2c pick by scanning every slot, 1,024 peers" "")
 $(row pick/wrr_overhead_3 "wrr: what deep_sched adds to round robin's pick, 3 peers" "≤ 10 ns")
 $(row pick/wrr_overhead_64 "wrr: what deep_sched adds, 64 peers" "≤ 10 ns")
 $(row pick/wrr_overhead_1024 "wrr: what deep_sched adds, 1,024 peers" "≤ 10 ns")
+$(row hash/pick_64x160 "choose=hash: one pick (ring lookup + bound over every peer + walk), 64 peers x 160 points" "≤ 200 ns")
+$(row hash/pick_1024x1000 "choose=hash: one pick, 1,024 peers of weight 1,000 (ring capped at 2^18 points)" "")
+$(row hash/key_xxh3 "choose=hash: hashing a 40-byte key (xxh3)" "")
+$(row hash/rebuild_64x160 "choose=hash: ring rebuild, 64 peers, ~15k points (once per decision)" "")
+$(row hash/rebuild_1024x1000 "choose=hash: ring rebuild at the cap, 2^18 points" "")
 $(row free_record "free path: one try recorded + in flight released" "")
 $(row free_dispatch "free path: the try charged to its dispatch interval (sample log credit)" "")
 $(row choose/latency_bucket "latency histogram bucket (per request)" "")
@@ -53,7 +58,10 @@ In the module the per-request path is: one atomic load of the agent's decision
 epoch, nginx's own round robin plus the \`wrr_overhead\` row (address → index
 in an FxHashMap, in-flight gauge and the worker's shard), or the p2c pick from
 the decision's alias table reading the two drawn peers' slots (\`p2c_table\`;
-the scan is the fallback when draws keep hitting ineligible peers), and the
+the scan is the fallback when draws keep hitting ineligible peers), or the
+\`choose=hash\` pick (one xxh3 of the key in \`init_peer\`, then the ring
+walk; the module also reads every peer's eligibility and in-flight count,
+O(n), under the peers' write lock, as nginx's own \`hash\` holds it), and the
 \`free/record\` and \`free/dispatch\` rows in \`free_peer\`. The peers' lock is nginx's and is not
 in these numbers. Classification runs once per interval in one worker.
 MD

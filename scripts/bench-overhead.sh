@@ -8,10 +8,14 @@
 # own peer), with the upstream's `zone`. Balancers:
 #   round robin, least_conn, random two least_conn, hash $request_uri
 #   consistent, least_time header (only with LEAST_TIME_NGINX, an nginx >=
-#   1.31), deep_sched observe (`deep_sched;`), and deep_sched with a decision
+#   1.31), deep_sched observe (`deep_sched;`), deep_sched with a decision
 #   every second (`explore weights=1`: the weights are republished each
 #   interval, the same request path as a policy) under choose=wrr and
-#   choose=p2c.
+#   choose=p2c, and deep_sched's consistent hashing with bounded loads
+#   (`choose=hash key=$request_uri`, observe mode, balance 1.25), also as a
+#   ratio to nginx's `hash $request_uri consistent`.
+# Requests cycle through KEYS distinct URIs (/k/0 .. /k/KEYS-1; 0: always
+# "/"), so the hash balancers see many keys.
 # wrk drives every balancer of one (workers, peers) point in turn, ROUNDS
 # times interleaved; requests/s and the nginx workers' CPU per request (from
 # /proc) go to BENCHMARKS.md ("module overhead"), medians with min-max, and
@@ -19,6 +23,8 @@
 #
 #   scripts/bench-overhead.sh [ROUNDS=3] [SECONDS=5]
 #   WORKERS="1 2" PEERS="3 64 256 1024" LEAST_TIME_NGINX=/path/to/nginx-1.31/objs/nginx
+#   KEYS=10000 BALANCERS="rr hash dhash" (a subset) SECTION="module overhead"
+#   (the BENCHMARKS.md section written; a subset should name its own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -26,6 +32,8 @@ secs=${2:-5}
 workers_list=${WORKERS:-1 2}
 peers_list=${PEERS:-3 64 256 1024}
 lt_nginx=${LEAST_TIME_NGINX:-}
+keys=${KEYS:-10000}
+section_name=${SECTION:-module overhead}
 scripts/deps.sh
 [[ -x build/sbin/nginx && -f build/modules/ngx_http_deep_sched_module.so ]] || scripts/build.sh --module-only
 
@@ -38,7 +46,7 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$work/logs"
 
-names=(rr least_conn random2 hash observe wrr p2c)
+names=(rr least_conn random2 hash observe wrr p2c dhash)
 declare -A line=(
     [rr]=""
     [least_conn]="least_conn;"
@@ -47,10 +55,26 @@ declare -A line=(
     [observe]="deep_sched;"
     [wrr]="deep_sched explore weights=1 interval=1s choose=wrr;"
     [p2c]="deep_sched explore weights=1 interval=1s choose=p2c;"
+    [dhash]="deep_sched choose=hash key=\$request_uri;"
     [least_time]="least_time header;"
 )
 if [[ -n "$lt_nginx" ]]; then
     names+=(least_time)
+fi
+if [[ -n "${BALANCERS:-}" ]]; then
+    read -r -a names <<<"$BALANCERS"
+    [[ " ${names[*]} " == *" rr "* ]] || names=(rr "${names[@]}") # the ratios' base
+fi
+wrk_script=()
+if ((keys > 0)); then
+    cat >"$work/keys.lua" <<LUA
+local n = 0
+request = function()
+    n = (n + 1) % $keys
+    return wrk.format(nil, "/k/" .. n)
+end
+LUA
+    wrk_script=(-s "$work/keys.lua")
 fi
 
 conf() { # $1 = balancer line, $2 = workers, $3 = peers, $4 = load_module line
@@ -106,7 +130,7 @@ run() { # $1 = balancer name, $2 = workers, $3 = peers; prints "requests/s cpu-u
     mapfile -t workers < <(pgrep -P "$pid")
     hz=$(getconf CLK_TCK)
     t0=$(cpu_ticks "${workers[@]}")
-    out=$(wrk -t1 -c32 -d"${secs}s" http://127.0.0.1:18080/)
+    out=$(wrk -t1 -c32 -d"${secs}s" "${wrk_script[@]}" http://127.0.0.1:18080/)
     t1=$(cpu_ticks "${workers[@]}")
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
     awk -v t0="$t0" -v t1="$t1" -v hz="$hz" '
@@ -121,6 +145,7 @@ med() { # median min max of the arguments, with printf format $1
 }
 
 rows=""
+hash_rows=""
 for w in $workers_list; do
     for n in $peers_list; do
         declare -A rps=() cpu=()
@@ -147,18 +172,47 @@ for w in $workers_list; do
             read -r crm crlo crhi <<<"$(med %.3f "${cr[@]}")"
             rows+="| $w | $n | $b | $qm ($qlo–$qhi) | $cm ($clo–$chi) | $qrm ($qrlo–$qrhi) | $crm ($crlo–$crhi) |"$'\n'
         done
+        if [[ -n "${rps[dhash]:-}" && -n "${rps[hash]:-}" ]]; then
+            read -r -a q <<<"${rps[dhash]}"
+            read -r -a c <<<"${cpu[dhash]}"
+            read -r -a hq <<<"${rps[hash]}"
+            read -r -a hc <<<"${cpu[hash]}"
+            qr=(); cr=()
+            for i in "${!q[@]}"; do
+                qr+=("$(awk -v a="${q[$i]}" -v b="${hq[$i]}" 'BEGIN{printf "%.4f", a/b}')")
+                cr+=("$(awk -v a="${c[$i]}" -v b="${hc[$i]}" 'BEGIN{printf "%.4f", a/b}')")
+            done
+            read -r qrm qrlo qrhi <<<"$(med %.3f "${qr[@]}")"
+            read -r crm crlo crhi <<<"$(med %.3f "${cr[@]}")"
+            hash_rows+="| $w | $n | $qrm ($qrlo–$qrhi) | $crm ($crlo–$crhi) |"$'\n'
+        fi
         unset rps cpu
     done
 done
 
-section=$(cat <<MD
-## module overhead
+hash_table=""
+if [[ -n "$hash_rows" ]]; then
+    hash_table=$(cat <<MD
 
-Command: \`WORKERS="$workers_list" PEERS="$peers_list" scripts/bench-overhead.sh $rounds $secs\`$( [[ -n "$lt_nginx" ]] && echo " with \`LEAST_TIME_NGINX\` ($("$lt_nginx" -v 2>&1 | sed 's/.*\///'))" )
+\`dhash\` (\`deep_sched choose=hash key=\$request_uri;\`, balance 1.25) against nginx's
+\`hash \$request_uri consistent\` of the same round (target: requests/s ≥ 0.97):
+
+| workers | peers | req/s ÷ nginx hash | CPU ÷ nginx hash |
+| ---: | ---: | ---: | ---: |
+$hash_rows
+MD
+)
+fi
+
+section=$(cat <<MD
+## $section_name
+
+Command: \`WORKERS="$workers_list" PEERS="$peers_list" KEYS=$keys$( [[ -n "${BALANCERS:-}" ]] && echo " BALANCERS=\"${names[*]}\" SECTION=\"$section_name\"" ) scripts/bench-overhead.sh $rounds $secs\`$( [[ -n "$lt_nginx" ]] && echo " with \`LEAST_TIME_NGINX\` ($("$lt_nginx" -v 2>&1 | sed 's/.*\///'))" )
 ($(date -u +%Y-%m-%d), $(nproc) cores, shared machine, $(build/sbin/nginx -v 2>&1 | sed 's/.*\///') from \`scripts/build.sh\`).
 nginx proxies over keepalive to eight \`return 200\` servers of its own through
 one upstream of N peers (the eight addresses in turn) with a \`zone\`; wrk
-\`-t1 -c32\` for ${secs} s per run on the same two cores; all balancers of a row
+\`-t1 -c32\` for ${secs} s per run on the same two cores, cycling through $keys URIs
+(0: always \`/\`); all balancers of a row
 group interleaved, $rounds rounds. CPU is the nginx workers' user+system time
 per request from \`/proc\`. Ratios are to round robin of the same round
 (targets: requests/s ≥ 0.97, CPU ≤ 1.05). \`wrr\` and \`p2c\` republish the
@@ -166,8 +220,8 @@ weights every second (\`explore weights=1\`), the request path of a policy.
 
 | workers | peers | balancer | req/s median (min–max) | worker CPU µs/request | req/s ÷ round robin | CPU ÷ round robin |
 | ---: | ---: | --- | ---: | ---: | ---: | ---: |
-$rows
+$rows$hash_table
 MD
 )
-scripts/bench-section.sh "module overhead" "$section"
+scripts/bench-section.sh "$section_name" "$section"
 echo "$section"

@@ -9,7 +9,9 @@
 #
 #   scripts/experiment.sh S1 [S2 ...]      one or more scenarios (G<seed>: generated, docs/lab.md)
 #   scripts/experiment.sh all              S1..S6
-#   scripts/experiment.sh distribution     N = 2..6 peers, 10,000 requests each
+#   scripts/experiment.sh distribution     N = 2..6 peers, 10,000 requests each,
+#                                          and the 10,000-key hashing study
+#                                          (--requests 0: keys only)
 #   scripts/experiment.sh --quick S1       8 s runs, 1 repetition, 30 s exploration
 #
 # Environment: DURATION (30s), REPS (3), EXPLORE (120s), NGINX, DEEP_SCHED=0,
@@ -36,7 +38,7 @@ for a in "$@"; do
         args+=("$a")
     fi
 done
-[[ ${#args[@]} -gt 0 ]] || { sed -n '2,20p' "$0" >&2; exit 2; }
+[[ ${#args[@]} -gt 0 ]] || { sed -n '2,22p' "$0" >&2; exit 2; }
 
 cargo build --release -q -p deep-sched-lab --bins
 lab_find_nginx

@@ -17,12 +17,13 @@ use deep_sched_core::choose::PeerLoad;
 use deep_sched_core::decision::{Decider, Mode};
 use deep_sched_core::directive::{ChooseArg, DirectiveArgs, ModeArg};
 use deep_sched_core::draw::DrawTable;
+use deep_sched_core::hash::Ring;
 use deep_sched_core::policy::Policy;
 use ngx::core::Pool;
 use ngx::ffi::{
-    ngx_conf_t, ngx_cycle_t, ngx_http_conf_ctx_t, ngx_http_module, ngx_http_request_t,
-    ngx_http_upstream_module, ngx_http_upstream_rr_peer_t, ngx_http_upstream_srv_conf_t,
-    ngx_open_file_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_EMERG,
+    ngx_conf_t, ngx_cycle_t, ngx_http_complex_value_t, ngx_http_conf_ctx_t, ngx_http_module,
+    ngx_http_request_t, ngx_http_upstream_module, ngx_http_upstream_rr_peer_t,
+    ngx_http_upstream_srv_conf_t, ngx_open_file_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_EMERG,
 };
 use ngx::ngx_conf_log_error;
 use rustc_hash::FxHashMap;
@@ -80,6 +81,9 @@ pub struct UpstreamLocal {
     pub loads: Vec<PeerLoad>,
     /// Scratch: peers held back for slow start during one pick.
     pub masked: Vec<usize>,
+    /// `choose=hash`: the ring of the weights in force (rebuilt in place
+    /// when a decision is applied).
+    pub ring: Option<Ring>,
 }
 
 /// A set of upstreams deciding together.
@@ -179,6 +183,8 @@ pub struct SrvConf {
     pub main: *const MainConf,
     /// Per-request peer choice.
     pub choose: ChooseArg,
+    /// `choose=hash`: the compiled `key=` (null otherwise).
+    pub key: *mut ngx_http_complex_value_t,
 }
 
 pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
@@ -212,6 +218,7 @@ pub unsafe extern "C" fn create_srv_conf(cf: *mut ngx_conf_t) -> *mut c_void {
             upstream: 0,
             main: ptr::null(),
             choose: ChooseArg::Wrr,
+            key: ptr::null_mut(),
         })
         .cast()
     })

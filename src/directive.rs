@@ -15,8 +15,9 @@ use std::sync::Arc;
 use deep_sched_core::directive::{self as args, ChooseArg, ModeArg};
 use deep_sched_core::policy::Policy;
 use ngx::ffi::{
-    ngx_conf_full_name, ngx_conf_open_file, ngx_conf_t, ngx_int_t, ngx_open_file_t, ngx_uint_t,
-    NGX_HTTP_UPSTREAM_BACKUP, NGX_HTTP_UPSTREAM_CREATE, NGX_HTTP_UPSTREAM_DOWN,
+    ngx_conf_full_name, ngx_conf_open_file, ngx_conf_t, ngx_http_compile_complex_value,
+    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_int_t, ngx_open_file_t,
+    ngx_uint_t, NGX_HTTP_UPSTREAM_BACKUP, NGX_HTTP_UPSTREAM_CREATE, NGX_HTTP_UPSTREAM_DOWN,
     NGX_HTTP_UPSTREAM_FAIL_TIMEOUT, NGX_HTTP_UPSTREAM_MAX_CONNS, NGX_HTTP_UPSTREAM_MAX_FAILS,
     NGX_HTTP_UPSTREAM_WEIGHT, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
@@ -44,7 +45,29 @@ unsafe fn full_name(cf: *mut ngx_conf_t, name: &str, conf_prefix: bool) -> Optio
     }
 }
 
-/// `deep_sched [explore | POLICY_FILE] [interval=] [choose=] [log=] [weights=] [epsilon=];`
+/// Compiles `key=` of `choose=hash` as an nginx complex value (as nginx's
+/// `hash` compiles its key). Its variables are checked by name in
+/// [`postconfiguration`], once every variable of the configuration is
+/// defined.
+unsafe fn compile_key(cf: *mut ngx_conf_t, key: &str) -> Option<*mut ngx_http_complex_value_t> {
+    // SAFETY: cf is live; the value and the compiled script live in the
+    // configuration pool, as long as the cycle.
+    unsafe {
+        let pool = ngx::core::Pool::from_ngx_pool((*cf).pool);
+        let mut value = pool_str(cf, key)?;
+        let cv = pool.calloc_type::<ngx_http_complex_value_t>();
+        if cv.is_null() {
+            return None;
+        }
+        let mut ccv: ngx_http_compile_complex_value_t = core::mem::zeroed();
+        ccv.cf = cf;
+        ccv.value = &mut value;
+        ccv.complex_value = cv;
+        (ngx_http_compile_complex_value(&mut ccv) == ngx::ffi::NGX_OK as ngx_int_t).then_some(cv)
+    }
+}
+
+/// `deep_sched [explore | POLICY_FILE] [interval=] [choose=] [log=] [weights=] [epsilon=] [key=] [balance=];`
 pub unsafe extern "C" fn deep_sched(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx::ffi::ngx_command_t,
@@ -232,6 +255,20 @@ unsafe fn deep_sched_inner(cf: *mut ngx_conf_t, scf: &mut SrvConf) -> *mut c_cha
     scf.upstream = index;
     scf.main = main;
     scf.choose = parsed.choose;
+    if let (ChooseArg::Hash, Some(key)) = (parsed.choose, &parsed.key) {
+        // SAFETY: cf is live.
+        match unsafe { compile_key(cf, key) } {
+            Some(cv) => scf.key = cv,
+            None => {
+                return conf_error(
+                    cf,
+                    &format!(
+                        "invalid parameter \"key={key}\" in \"deep_sched\": cannot compile the key"
+                    ),
+                )
+            }
+        }
+    }
 
     uscf.peer.init_upstream = Some(crate::upstream::init_upstream);
     uscf.flags = (NGX_HTTP_UPSTREAM_CREATE
@@ -253,6 +290,59 @@ unsafe fn open_log(cf: *mut ngx_conf_t, path: &str) -> *mut ngx_open_file_t {
             None => ptr::null_mut(),
         }
     }
+}
+
+/// The error for `key=` when it names a variable the configuration does
+/// not define (nginx's own check would fail too, later and without naming
+/// the directive): `None` when every variable is known or there is no key.
+/// Variables are matched as nginx does: by name, case-insensitively, or by
+/// a prefix (`$http_`, `$cookie_`, `$arg_`, ...); `$1`.. are captures.
+///
+/// # Safety
+/// `cf` must be the http block after it was parsed and before nginx's
+/// `ngx_http_variables_init_vars` (which frees the names): postconfiguration.
+unsafe fn unknown_key_variable(
+    cf: *mut ngx_conf_t,
+    args: &args::DirectiveArgs,
+) -> Option<args::DirectiveError> {
+    let key = args.key.as_deref()?;
+    let names = args::key_variables(key).ok()?;
+    // SAFETY: as the caller promises: the core module's main conf holds
+    // every variable's name and the prefix variables.
+    let (keys, prefixes) = unsafe {
+        let ctx = (*cf).ctx as *mut ngx::ffi::ngx_http_conf_ctx_t;
+        let cmcf = *(*ctx)
+            .main_conf
+            .add(ngx::ffi::ngx_http_core_module.ctx_index)
+            as *const ngx::ffi::ngx_http_core_main_conf_t;
+        if cmcf.is_null() || (*cmcf).variables_keys.is_null() {
+            return None;
+        }
+        let keys = &(*(*cmcf).variables_keys).keys;
+        let prefixes = &(*cmcf).prefix_variables;
+        (
+            core::slice::from_raw_parts(keys.elts as *const ngx::ffi::ngx_hash_key_t, keys.nelts),
+            core::slice::from_raw_parts(
+                prefixes.elts as *const ngx::ffi::ngx_http_variable_t,
+                prefixes.nelts,
+            ),
+        )
+    };
+    let known = |name: &str| {
+        let lower = name.to_ascii_lowercase();
+        keys.iter()
+            .any(|k| k.key.as_bytes().eq_ignore_ascii_case(lower.as_bytes()))
+            || prefixes
+                .iter()
+                .any(|p| lower.as_bytes().starts_with(p.name.as_bytes()))
+    };
+    let unknown = names
+        .into_iter()
+        .find(|n| !n.bytes().all(|b| b.is_ascii_digit()) && !known(n))?;
+    Some(args::DirectiveError {
+        word: format!("key={key}"),
+        problem: format!("unknown variable \"${unknown}\""),
+    })
 }
 
 /// After all upstreams were initialised: check agents are complete, lay out
@@ -339,6 +429,14 @@ unsafe fn postconfiguration_inner(cf: *mut ngx_conf_t) -> ngx_int_t {
         layout.push(';');
     }
     main.total_peers = slot;
+    for agent in &main.agents {
+        // SAFETY: cf is the http block being finished.
+        if let Some(e) = unsafe { unknown_key_variable(cf, &agent.args) } {
+            let upstream = agent.upstreams.first().map_or("", |u| u.name.as_str());
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{} (upstream \"{}\")", e, upstream);
+            return ngx::ffi::NGX_ERROR as ngx_int_t;
+        }
+    }
     let names: Vec<&str> = main
         .agents
         .iter()

@@ -6,9 +6,11 @@
 //! peers of the agent. Per request, `get_peer` first applies a newly
 //! published decision to the peers' weights (one atomic load when nothing
 //! changed), then lets nginx's smooth weighted round robin choose
-//! (`choose=wrr`) or makes a power-of-two choice among the same eligible
-//! peers (`choose=p2c`). `free_peer` records the try's outcome in the
-//! shared zone and hands over to nginx's round robin.
+//! (`choose=wrr`), makes a power-of-two choice among the same eligible
+//! peers (`choose=p2c`) or walks the consistent-hash ring of the request's
+//! key to the first eligible peer under its load bound (`choose=hash`,
+//! `init_peer` evaluates the key). `free_peer` records the try's outcome
+//! in the shared zone and hands over to nginx's round robin.
 //!
 //! nginx's bookkeeping stays consistent on every path: the module's own
 //! work runs before a peer is charged (a panic there falls back to plain
@@ -24,14 +26,16 @@ use deep_sched_core::choose::{
 };
 use deep_sched_core::directive::{ChooseArg, ModeArg, MAX_WEIGHT};
 use deep_sched_core::draw::{p2c_drawn, DrawTable, Drawn, Pick};
+use deep_sched_core::hash::{Balance, HashFn, Ring};
 use ngx::core::Pool;
 use ngx::ffi::{
-    ngx_conf_t, ngx_current_msec, ngx_http_request_t, ngx_http_upstream_free_round_robin_peer,
-    ngx_http_upstream_get_round_robin_peer, ngx_http_upstream_init_round_robin,
-    ngx_http_upstream_init_round_robin_peer, ngx_http_upstream_rr_peer_data_t,
-    ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t, ngx_http_upstream_srv_conf_t,
-    ngx_int_t, ngx_peer_connection_t, ngx_rwlock_rlock, ngx_rwlock_unlock, ngx_rwlock_wlock,
-    ngx_str_t, ngx_uint_t, NGX_BUSY, NGX_ERROR, NGX_LOG_EMERG, NGX_OK, NGX_PEER_FAILED,
+    ngx_conf_t, ngx_current_msec, ngx_http_complex_value, ngx_http_request_t,
+    ngx_http_upstream_free_round_robin_peer, ngx_http_upstream_get_round_robin_peer,
+    ngx_http_upstream_init_round_robin, ngx_http_upstream_init_round_robin_peer,
+    ngx_http_upstream_rr_peer_data_t, ngx_http_upstream_rr_peer_t, ngx_http_upstream_rr_peers_t,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_peer_connection_t, ngx_rwlock_rlock,
+    ngx_rwlock_unlock, ngx_rwlock_wlock, ngx_str_t, ngx_uint_t, NGX_BUSY, NGX_ERROR, NGX_LOG_EMERG,
+    NGX_OK, NGX_PEER_FAILED,
 };
 use ngx::ngx_conf_log_error;
 
@@ -67,6 +71,8 @@ pub struct PeerData {
     pub dispatch_epoch: u64,
     /// Name of the peer chosen last (for `$deep_sched_peer`).
     pub peer_name: ngx_str_t,
+    /// `choose=hash`: the key's position on the ring, once evaluated.
+    pub key_hash: Option<u32>,
 }
 
 /// The peers' write lock when they live in a shared zone (the same rule
@@ -253,6 +259,18 @@ unsafe fn init_peer_inner(
         (*pd).choose = scf.choose;
         (*pd).primary = (*pd).rrp.peers;
         (*pd).slot = usize::MAX;
+        (*pd).key_hash = None;
+        if scf.choose == ChooseArg::Hash && !scf.key.is_null() {
+            // As nginx's hash: the key is evaluated once, in the request's pool.
+            let mut key = ngx_str_t::default();
+            if ngx_http_complex_value(r, scf.key, &mut key) != NGX_OK as ngx_int_t {
+                return NGX_ERROR as ngx_int_t;
+            }
+            // An empty key is balanced by round robin, as nginx's hash does.
+            if key.len > 0 {
+                (*pd).key_hash = Some(HashFn::Xxh3.key(key.as_bytes()));
+            }
+        }
         (*u).peer.get = Some(get_peer);
         (*u).peer.free = Some(free_peer);
         // For $deep_sched_state / $deep_sched_peer.
@@ -297,11 +315,34 @@ unsafe fn ensure_local(
     local.draw = Some(DrawTable::new(&up.configured_weights));
 }
 
+/// `choose=hash`: the ring of this worker's upstream, built on its first
+/// request from the weights round robin has now (the configured ones until
+/// a decision is applied; in observe mode, for good).
+unsafe fn ensure_ring(
+    local: &mut UpstreamLocal,
+    up: &UpstreamConf,
+    peers: *mut ngx_http_upstream_rr_peers_t,
+) {
+    if local.ring.is_some() || local.peers.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = up.peers.iter().map(String::as_str).collect();
+    let mut ring = Ring::new(HashFn::Xxh3, &names);
+    {
+        // SAFETY: the read lock is held while the weights are read.
+        let _lock = unsafe { PeersLock::read(peers) };
+        // SAFETY: local.peers are the live primary peers.
+        ring.rebuild(|i| unsafe { (*local.peers[i]).weight }.max(0) as u32);
+    }
+    local.ring = Some(ring);
+}
+
 /// Applies the agent's published weights to the primary peers when a new
 /// decision was published since this worker last looked, and the runtime
 /// API's changes (drain, down, weight, pause, pin) when there were any
 /// (one more load). Round robin's failure back-off (`effective_weight`
-/// below `weight`) is kept in proportion, and `choose=p2c`'s draw table is
+/// below `weight`) is kept in proportion, and `choose=p2c`'s draw table or
+/// `choose=hash`'s ring is
 /// rebuilt. A read that keeps meeting the writer changes nothing: the next
 /// request tries again.
 unsafe fn sync_weights(
@@ -369,12 +410,22 @@ unsafe fn sync_weights(
             p.down = ngx_uint_t::from(up.configured_down[i] || held);
             total += p.weight as ngx_uint_t;
         }
+        if choose == ChooseArg::Hash {
+            // The ring follows the weights applied (a 0 keeps the old one).
+            for (w, &p) in weights.iter_mut().zip(&local.peers) {
+                *w = (*p).weight as u32;
+            }
+        }
         (*peers).total_weight = total;
         (*peers).set_weighted(1);
     }
     if choose == ChooseArg::P2c {
         // Once per decision and worker: the only allocation outside start-up.
         local.draw = Some(DrawTable::new(&local.weights));
+    }
+    if let (ChooseArg::Hash, Some(ring)) = (choose, local.ring.as_mut()) {
+        // Once per decision and worker, in place, outside the peers' lock.
+        ring.rebuild(|i| local.weights[i]);
     }
     up.applied_admin.set(admin);
     if let Some(p) = published {
@@ -442,6 +493,9 @@ unsafe fn plan_pick(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> Plan {
     // SAFETY: primary is the live primary peer list of this upstream.
     unsafe {
         ensure_local(&mut local, up, pd.primary);
+        if pd.choose == ChooseArg::Hash {
+            ensure_ring(&mut local, up, pd.primary);
+        }
         sync_weights(agent, up, &mut local, &view, pd.primary, pd.choose);
     }
     // SAFETY: ngx_current_msec is the event loop's clock.
@@ -452,6 +506,13 @@ unsafe fn plan_pick(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> Plan {
             Some(i) => Plan::Picked(i),
             None => rr,
         },
+        // SAFETY: pc and rrp are live.
+        ChooseArg::Hash => {
+            match unsafe { hash_pick(pc, pd, agent, up, &mut local, &view, main.shard.get()) } {
+                Some(i) => Plan::Picked(i),
+                None => rr,
+            }
+        }
         ChooseArg::Wrr => {
             let ramping = agent.args.slow_start_ms > 0
                 && now
@@ -642,7 +703,24 @@ unsafe fn p2c_pick(
                 }
             }
         };
-        let peer = &mut *local.peers[best];
+        charge(pc, pd, local.peers[best], best, now);
+        Some(best)
+    }
+}
+
+/// Charges primary peer `i` with the try, as round robin does with the
+/// peer it picked. The caller holds the peers' write lock.
+unsafe fn charge(
+    pc: *mut ngx_peer_connection_t,
+    pd: &mut PeerData,
+    p: *mut ngx_http_upstream_rr_peer_t,
+    i: usize,
+    now: ngx::ffi::time_t,
+) {
+    // SAFETY: p is a live peer of the primary list, under the write lock;
+    // pc is live; the bitmap covers the primary list.
+    unsafe {
+        let peer = &mut *p;
         // Round robin's recovery of a backed-off peer, one step per pick.
         if peer.effective_weight < peer.weight {
             peer.effective_weight += 1;
@@ -652,7 +730,7 @@ unsafe fn p2c_pick(
         {
             peer.refs += 1;
         }
-        set_tried(&mut pd.rrp, best, true);
+        set_tried(&mut pd.rrp, i, true);
         if now - peer.checked > peer.fail_timeout {
             peer.checked = now;
         }
@@ -660,6 +738,64 @@ unsafe fn p2c_pick(
         (*pc).socklen = peer.socklen;
         (*pc).name = &mut peer.name;
         peer.conns += 1;
+    }
+}
+
+/// Consistent hashing with bounded loads (`deep_sched_core::hash`): under
+/// the peers' write lock (as nginx's `hash ... consistent`), every primary
+/// peer's eligibility (round robin's rules, `eligible`) and requests in
+/// flight at its address (all workers', from the zone) are read, and the
+/// ring is walked from the key's point to the first eligible peer under
+/// its bound. A retry finds the tried peer ineligible and walks on to the
+/// next. The chosen peer is counted in flight before the lock is released,
+/// so with a `zone` no two workers both see room under the same bound.
+/// `None` (round robin, then backups) when no key or no peer.
+unsafe fn hash_pick(
+    pc: *mut ngx_peer_connection_t,
+    pd: &mut PeerData,
+    agent: &AgentConf,
+    up: &UpstreamConf,
+    local: &mut UpstreamLocal,
+    view: &ZoneView,
+    shard: Option<usize>,
+) -> Option<usize> {
+    let h = pd.key_hash?;
+    if pd.rrp.peers != pd.primary || local.peers.is_empty() {
+        return None;
+    }
+    let UpstreamLocal {
+        peers, loads, ring, ..
+    } = local;
+    let ring = ring.as_ref()?;
+    // SAFETY: pc is live; a new try starts without a cached connection.
+    unsafe {
+        (*pc).set_cached(0);
+        (*pc).connection = ptr::null_mut();
+    }
+    let now = ngx::ffi::ngx_time();
+    // SAFETY: the write lock is held while the peers are read and the
+    // chosen one charged.
+    unsafe {
+        let _lock = PeersLock::write(pd.primary);
+        // Plain consistent hashing reads no in-flight count.
+        let bounded = agent.args.balance != Balance::Off;
+        for (i, &p) in peers.iter().enumerate() {
+            loads[i] = PeerLoad {
+                eligible: eligible(pd, p, i, now),
+                inflight: if bounded {
+                    view.address_inflight(up.slot_base + i)
+                } else {
+                    0
+                },
+                ..PeerLoad::default()
+            };
+        }
+        let best = ring.pick(h, loads, agent.args.balance)?;
+        charge(pc, pd, peers[best], best, now);
+        view.add_inflight(shard, up.slot_base + best, 1);
+        pd.started_ms = ngx_current_msec as u64;
+        pd.dispatch_epoch = view.agent(agent.index).epoch();
+        pd.slot = up.slot_base + best;
         Some(best)
     }
 }
@@ -672,6 +808,10 @@ unsafe fn count_try(pd: &mut PeerData, picked: Option<usize>) {
         let main = &*pd.main;
         let current = pd.rrp.current;
         pd.peer_name = (*current).name;
+        if pd.slot != usize::MAX {
+            // Already counted in flight by the pick (choose=hash).
+            return;
+        }
         let agent = &main.agents[pd.agent];
         let (Some(up), Some(view)) = (agent.upstream(pd.upstream), ZoneView::of(main)) else {
             return;

@@ -11,6 +11,7 @@ use deep_sched_core::choose::{decayed_latency, p2c, PeerLoad};
 use deep_sched_core::counters::latency_bucket;
 use deep_sched_core::draw::{p2c_drawn, DrawTable, Drawn};
 use deep_sched_core::gmm::{CovarianceKind, Gmm};
+use deep_sched_core::hash::{Balance, HashFn, Ring};
 use deep_sched_core::policy::Policy;
 use deep_sched_core::publish::Publication;
 use deep_sched_core::slots::{PeerSlot, TryOutcome};
@@ -151,6 +152,70 @@ fn bench_pick_at_scale(c: &mut Criterion) {
 
 /// The free path: one try recorded in the peer's slot (counters, histogram,
 /// latency estimate, failure run) and the in-flight count released.
+/// `choose=hash`: one pick (ring lookup, the sums of the bound over every
+/// peer, the bounded walk) at 64 peers x 160 points and at the capped ring
+/// of 1,024 peers of weight 1,000; hashing one key; one rebuild.
+fn bench_hash(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hash");
+    let mut rng = SmallRng::seed_from_u64(4);
+    let keys: Vec<u32> = (0..1024)
+        .map(|i| HashFn::Xxh3.key(format!("/wrk2-api/user-timeline/read?user={i}").as_bytes()))
+        .collect();
+    for (n, w, id) in [
+        (64usize, 1u32, "pick_64x160"),
+        (1024, 1000, "pick_1024x1000"),
+    ] {
+        let names: Vec<String> = (0..n)
+            .map(|i| format!("10.0.{}.{}:80", i / 256, i % 256))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut ring = Ring::new(HashFn::Xxh3, &refs);
+        ring.rebuild(|_| w);
+        // Busy but even: 0-7 in flight each, all eligible.
+        let loads: Vec<PeerLoad> = (0..n)
+            .map(|_| PeerLoad {
+                weight: w,
+                inflight: rng.gen_range(0..8),
+                eligible: true,
+                ..PeerLoad::default()
+            })
+            .collect();
+        let mut k = 0usize;
+        g.bench_function(id, |b| {
+            b.iter(|| {
+                k = (k + 1) & 1023;
+                ring.pick(black_box(keys[k]), black_box(&loads), Balance::Factor(1250))
+            })
+        });
+    }
+    g.bench_function("key_xxh3", |b| {
+        b.iter(|| HashFn::Xxh3.key(black_box(b"/wrk2-api/user-timeline/read?user=12345")))
+    });
+    let names: Vec<String> = (0..64).map(|i| format!("10.0.0.{i}:80")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut ring = Ring::new(HashFn::Xxh3, &refs);
+    let mut flip = 0u32;
+    g.bench_function("rebuild_64x160", |b| {
+        b.iter(|| {
+            flip ^= 1;
+            ring.rebuild(|i| 1 + (i as u32 + flip) % 2);
+        })
+    });
+    let names: Vec<String> = (0..1024)
+        .map(|i| format!("10.0.{}.{}:80", i / 256, i % 256))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut ring = Ring::new(HashFn::Xxh3, &refs);
+    g.sample_size(10);
+    g.bench_function("rebuild_1024x1000", |b| {
+        b.iter(|| {
+            flip ^= 1;
+            ring.rebuild(|i| 999 + (i as u32 + flip) % 2);
+        })
+    });
+    g.finish();
+}
+
 fn bench_free(c: &mut Criterion) {
     let slot = PeerSlot::default();
     let shard = AtomicI64::new(0);
@@ -221,6 +286,7 @@ criterion_group!(
     benches,
     bench_choose,
     bench_pick_at_scale,
+    bench_hash,
     bench_free,
     bench_classify,
     bench_policy_load

@@ -4,11 +4,15 @@
 //! deep_sched;                                   # observe only
 //! deep_sched explore weights=1,3,5 interval=2s log=logs/x.jsonl;
 //! deep_sched policies/social.json epsilon=0.05 choose=p2c slow_start=30s;
+//! deep_sched choose=hash key=$request_uri balance=1.5;
 //! ```
 //!
 //! The nginx glue hands over the directive's words (without the directive
 //! name); everything else — which forms exist, which parameter goes with
 //! which form, the ranges — is decided here so it can be tested directly.
+
+pub use crate::hash::Balance;
+use crate::hash::MAX_BALANCE_PERMILLE;
 
 /// Shortest and longest decision interval the module accepts.
 pub const INTERVAL_RANGE_MS: (u64, u64) = (100, 3_600_000);
@@ -42,14 +46,17 @@ pub enum ChooseArg {
     Wrr,
     /// Power of two choices: two draws by weight, the less loaded wins.
     P2c,
+    /// Consistent hashing of `key=` with bounded loads ([`crate::hash`]).
+    Hash,
 }
 
 impl ChooseArg {
-    /// The word of `choose=` (`wrr`, `p2c`), as the sample log records it.
+    /// The word of `choose=` (`wrr`, `p2c`, `hash`), as the sample log records it.
     pub fn name(self) -> &'static str {
         match self {
             ChooseArg::Wrr => "wrr",
             ChooseArg::P2c => "p2c",
+            ChooseArg::Hash => "hash",
         }
     }
 }
@@ -78,6 +85,11 @@ pub struct DirectiveArgs {
     /// `slow_start=`: ramp of a peer that returns from failure, ms (0: off;
     /// not with observe-only, which stays exact round robin).
     pub slow_start_ms: u64,
+    /// `key=`: the hashed key of `choose=hash`, an nginx complex value as
+    /// written (required with it, refused without it).
+    pub key: Option<String>,
+    /// `balance=`: the load bound of `choose=hash` (default 1.25).
+    pub balance: Balance,
 }
 
 /// A problem with the directive's words; displayed the way nginx phrases
@@ -157,6 +169,8 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
         weights: DEFAULT_EXPLORE_WEIGHTS.to_vec(),
         epsilon: 0.0,
         slow_start_ms: 0,
+        key: None,
+        balance: Balance::default(),
     };
     let mut seen: Vec<&str> = Vec::new();
 
@@ -179,7 +193,8 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
                 args.choose = match value {
                     "wrr" => ChooseArg::Wrr,
                     "p2c" => ChooseArg::P2c,
-                    _ => return Err(err(word, "expected \"wrr\" or \"p2c\"")),
+                    "hash" => ChooseArg::Hash,
+                    _ => return Err(err(word, "expected \"wrr\", \"p2c\" or \"hash\"")),
                 };
                 args.choose_given = true;
             }
@@ -233,18 +248,116 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
                 }
                 args.slow_start_ms = ms;
             }
+            "key" => {
+                key_variables(value).map_err(|e| err(word, e))?;
+                args.key = Some(value.to_owned());
+            }
+            "balance" => {
+                args.balance = parse_balance(value).map_err(|e| err(word, e))?;
+            }
             _ => {
                 return Err(err(
                     word,
-                    "unknown parameter (expected interval=, choose=, log=, weights=, epsilon=, slow_start=)",
+                    "unknown parameter (expected interval=, choose=, log=, weights=, epsilon=, slow_start=, key=, balance=)",
                 ))
             }
         }
+    }
+    let hashing = args.choose == ChooseArg::Hash;
+    if let Some(&word) = rest
+        .iter()
+        .find(|w| !hashing && (w.starts_with("key=") || w.starts_with("balance=")))
+    {
+        return Err(err(word, "only valid with \"choose=hash\""));
+    }
+    if hashing && args.slow_start_ms > 0 {
+        let word = rest
+            .iter()
+            .find(|w| w.starts_with("slow_start="))
+            .copied()
+            .unwrap_or("slow_start=");
+        return Err(err(
+            word,
+            "not with \"choose=hash\" (a ramp would move the returning peer's keys away and back)",
+        ));
+    }
+    if hashing && args.key.is_none() {
+        let word = rest
+            .iter()
+            .find(|w| w.starts_with("choose="))
+            .copied()
+            .unwrap_or("choose=hash");
+        return Err(err(word, "needs \"key=\" (for example key=$request_uri)"));
     }
     if !args.choose_given && matches!(args.mode, ModeArg::Policy(_)) {
         args.choose = ChooseArg::P2c;
     }
     Ok(args)
+}
+
+/// Parses `balance=`: `off`, or a factor ≥ 1 (at most 1000, kept to
+/// thousandths).
+pub fn parse_balance(text: &str) -> Result<Balance, &'static str> {
+    if text == "off" {
+        return Ok(Balance::Off);
+    }
+    let c: f64 = text
+        .parse()
+        .map_err(|_| "expected a factor such as 1.25, or \"off\"")?;
+    if !c.is_finite() || text.starts_with(['+', '-']) || text.contains(['e', 'E']) {
+        return Err("expected a factor such as 1.25, or \"off\"");
+    }
+    if c < 1.0 {
+        return Err("the factor must be at least 1 (1 = no peer above the mean)");
+    }
+    let permille = (c * 1000.0).round();
+    if permille > f64::from(MAX_BALANCE_PERMILLE) {
+        return Err("the factor must be at most 1000 (use \"off\" for no bound)");
+    }
+    Ok(Balance::Factor(permille as u32))
+}
+
+/// The variables an nginx complex value names (`$name`, `${name}`;
+/// `$1`.. are regex captures and included as written), or what is wrong
+/// with its syntax. nginx's own compiler would refuse the same texts, but
+/// without naming the parameter.
+pub fn key_variables(text: &str) -> Result<Vec<&str>, &'static str> {
+    if text.is_empty() {
+        return Err("the key is empty");
+    }
+    let b = text.as_bytes();
+    let name_char = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut vars = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        let braced = b.get(i) == Some(&b'{');
+        if braced {
+            i += 1;
+        }
+        let start = i;
+        while i < b.len() && name_char(b[i]) {
+            i += 1;
+        }
+        if i == start {
+            return Err("\"$\" is not followed by a variable name");
+        }
+        vars.push(&text[start..i]);
+        if braced {
+            if b.get(i) != Some(&b'}') {
+                return Err("\"${\" is not closed by \"}\"");
+            }
+            i += 1;
+        }
+    }
+    if vars.is_empty() {
+        return Err("the key names no variable: every request would hash alike");
+    }
+    Ok(vars)
 }
 
 #[cfg(test)]
@@ -314,6 +427,38 @@ mod tests {
     }
 
     #[test]
+    fn hash_with_key_and_balance() {
+        let a = parse(&["choose=hash", "key=$request_uri"]).unwrap();
+        assert_eq!(a.choose, ChooseArg::Hash);
+        assert_eq!(a.key.as_deref(), Some("$request_uri"));
+        assert_eq!(a.balance, Balance::Factor(1250), "default 1.25");
+        let a = parse(&[
+            "p.json",
+            "key=${cookie_session}x",
+            "choose=hash",
+            "balance=off",
+        ])
+        .unwrap();
+        assert_eq!(a.key.as_deref(), Some("${cookie_session}x"));
+        assert_eq!(a.balance, Balance::Off);
+        let a = parse(&["explore", "choose=hash", "key=$host$uri", "balance=1.0"]).unwrap();
+        assert_eq!(a.balance, Balance::Factor(1000));
+        assert_eq!(parse_balance("2.5"), Ok(Balance::Factor(2500)));
+        assert_eq!(parse_balance("1000"), Ok(Balance::Factor(1_000_000)));
+        assert_eq!(parse(&[]).unwrap().key, None);
+    }
+
+    #[test]
+    fn key_variables_are_found() {
+        assert_eq!(key_variables("$request_uri"), Ok(vec!["request_uri"]));
+        assert_eq!(
+            key_variables("${host}:$uri/$1"),
+            Ok(vec!["host", "uri", "1"])
+        );
+        assert_eq!(key_variables("a$cookie_s-b"), Ok(vec!["cookie_s"]));
+    }
+
+    #[test]
     fn times() {
         assert_eq!(parse_time_ms("2"), Some(2000));
         assert_eq!(parse_time_ms("2s"), Some(2000));
@@ -338,7 +483,91 @@ mod tests {
             (
                 &["explore", "choose=fastest"],
                 "choose=fastest",
-                "\"wrr\" or \"p2c\"",
+                "\"wrr\", \"p2c\" or \"hash\"",
+            ),
+            (&["choose=hash"], "choose=hash", "needs \"key=\""),
+            (
+                &["key=$request_uri"],
+                "key=$request_uri",
+                "only valid with \"choose=hash\"",
+            ),
+            (
+                &["p.json", "choose=p2c", "balance=2"],
+                "balance=2",
+                "only valid with \"choose=hash\"",
+            ),
+            (&["choose=hash", "key="], "key=", "empty"),
+            (&["choose=hash", "key=uri"], "key=uri", "names no variable"),
+            (
+                &["choose=hash", "key=$"],
+                "key=$",
+                "not followed by a variable name",
+            ),
+            (
+                &["choose=hash", "key=/$-x"],
+                "key=/$-x",
+                "not followed by a variable name",
+            ),
+            (&["choose=hash", "key=${uri"], "key=${uri", "not closed"),
+            (
+                &["choose=hash", "key=${}"],
+                "key=${}",
+                "not followed by a variable name",
+            ),
+            (
+                &["choose=hash", "key=$uri", "key=$args"],
+                "key=$args",
+                "twice",
+            ),
+            (
+                &["choose=hash", "key=$uri", "balance=0.9"],
+                "balance=0.9",
+                "at least 1",
+            ),
+            (
+                &["choose=hash", "key=$uri", "balance=0"],
+                "balance=0",
+                "at least 1",
+            ),
+            (
+                &["choose=hash", "key=$uri", "balance=-2"],
+                "balance=-2",
+                "expected a factor",
+            ),
+            (
+                &["choose=hash", "key=$uri", "balance=abc"],
+                "balance=abc",
+                "expected a factor",
+            ),
+            (
+                &["choose=hash", "key=$uri", "balance="],
+                "balance=",
+                "expected a factor",
+            ),
+            (
+                &["choose=hash", "key=$uri", "balance=NaN"],
+                "balance=NaN",
+                "expected a factor",
+            ),
+            (
+                &["choose=hash", "key=$uri", "balance=inf"],
+                "balance=inf",
+                "expected a factor",
+            ),
+            (
+                &["choose=hash", "key=$uri", "balance=1e3"],
+                "balance=1e3",
+                "expected a factor",
+            ),
+            (
+                &["choose=hash", "key=$uri", "balance=5000"],
+                "balance=5000",
+                "at most 1000",
+            ),
+            (
+                &["choose=hash", "key=$uri", "balance=on"],
+                "balance=on",
+                "expected a factor",
             ),
             (
                 &["explore", "weights=1,0"],

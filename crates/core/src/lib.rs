@@ -10,6 +10,7 @@
 //! - [`choose`]: per-request peer choice (p2c, read-time latency decay,
 //!   slow start, round robin's back-off under new weights);
 //! - [`draw`]: p2c in O(1) by alias-table draws, read only for drawn peers;
+//! - [`hash`]: consistent hashing with bounded loads (`choose=hash`);
 //! - [`publish`]: the lock-free publication of a decision to every worker;
 //! - [`samples`]: the sample log record;
 //! - [`slots`]: the per-peer and per-agent records of the shared zone;
@@ -25,6 +26,7 @@ pub mod directive;
 pub mod draw;
 pub mod features;
 pub mod gmm;
+pub mod hash;
 pub mod policy;
 pub mod publish;
 pub mod samples;

@@ -1058,9 +1058,244 @@ pub fn distribution(
     Ok(table)
 }
 
+/// The key distribution study's keys: `count` distinct request URIs.
+pub fn study_keys(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| format!("{}?user={i}", Endpoint::HomeTimeline.path()))
+        .collect()
+}
+
+/// Per key, the index of the peer plain consistent hashing by `hash` maps
+/// it to on a ring of `peers` (names) of weight 1 (160 points each, as
+/// nginx's ketama).
+pub fn ring_owners(
+    hash: deep_sched_core::hash::HashFn,
+    peers: &[&str],
+    keys: &[String],
+) -> Vec<usize> {
+    let mut ring = deep_sched_core::hash::Ring::new(hash, peers);
+    ring.rebuild(|_| 1);
+    keys.iter()
+        .map(|k| ring.owner(hash.key(k.as_bytes())).unwrap_or(usize::MAX))
+        .collect()
+}
+
+/// The row of one hash function in the key study, from its key → peer
+/// maps: `full[n]` over peers `0..n` (n = 1..=max+1) and `without_first[n]`
+/// over peers `1..n` (peer 0 removed), both indexed by peer number in the
+/// full list.
+pub fn key_row(
+    full: &KeyMaps,
+    without_first: &KeyMaps,
+    peers: std::ops::RangeInclusive<usize>,
+) -> BTreeMap<usize, crate::report::KeyCell> {
+    let moved = |a: &[usize], b: &[usize]| {
+        a.iter().zip(b).filter(|(x, y)| x != y).count() as f64 / a.len().max(1) as f64
+    };
+    peers
+        .filter_map(|n| {
+            let map = full.get(&n)?;
+            let mut counts = vec![0u64; n];
+            for &p in map {
+                if let Some(c) = counts.get_mut(p) {
+                    *c += 1;
+                }
+            }
+            let total = map.len().max(1) as f64;
+            let cell = crate::report::KeyCell {
+                share_sd_pct: std_dev(&counts) / total * 100.0,
+                moved_add_pct: full.get(&(n + 1)).map(|b| moved(map, b) * 100.0),
+                moved_remove_pct: without_first.get(&n).map(|b| moved(map, b) * 100.0),
+            };
+            Some((n, cell))
+        })
+        .collect()
+}
+
+/// Key → peer index maps by number of peers (see [`key_row`]).
+pub type KeyMaps = BTreeMap<usize, Vec<usize>>;
+
+/// One keep-alive HTTP/1.1 GET on `stream`; returns the `X-Backend`
+/// header of the answer (the lab's backends name themselves there).
+fn backend_of(stream: &mut std::net::TcpStream, path: &str) -> std::io::Result<String> {
+    use std::io::{BufRead, Read, Write};
+    // One write (several small ones meet Nagle and delayed ACKs: 40 ms each).
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: lab\r\n\r\n").as_bytes())?;
+    let mut reader = std::io::BufReader::new(&mut *stream);
+    let mut backend = None;
+    let mut length = 0usize;
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::other("connection closed in the header"));
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("x-backend") {
+                backend = Some(v.trim().to_string());
+            } else if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    if reader.buffer().is_empty() {
+        backend.ok_or_else(|| std::io::Error::other(format!("no X-Backend in {status:?}")))
+    } else {
+        Err(std::io::Error::other("unexpected bytes after the body"))
+    }
+}
+
+/// The key study: `keys` distinct request URIs over N = `peers` peers of
+/// weight 1, for each of the core's hash functions (computed in process,
+/// on the module's ring) and for nginx's `hash $request_uri consistent`
+/// (measured through the real nginx: every key sent once, sequentially,
+/// the answering backend read from `X-Backend`). Per function and N: the
+/// standard deviation of the per-peer share, and the keys that move when a
+/// peer is added (N → N+1) or the first peer removed (N → N−1).
+pub fn key_distribution(
+    settings: &Settings,
+    peers: std::ops::RangeInclusive<usize>,
+    keys: usize,
+) -> Result<crate::report::KeyTable, ExperimentError> {
+    let keys = study_keys(keys);
+    let max = *peers.end() + 1;
+    let handles = (0..max)
+        .map(|i| {
+            backend::spawn(BackendConfig {
+                name: format!("b{}", i + 1),
+                workers: 8,
+                service: ServiceTimes::uniform(Delay::Fixed { ms: 0.0 }),
+                ..BackendConfig::default()
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let addrs: Vec<String> = handles.iter().map(|h| h.addr().to_string()).collect();
+    let mut table = crate::report::KeyTable::new();
+    // The maps each function gives: over peers 0..n, and over 1..n.
+    let mut maps: Vec<(String, KeyMaps, KeyMaps)> = Vec::new();
+    for h in deep_sched_core::hash::HashFn::ALL {
+        let (mut full, mut rest) = (BTreeMap::new(), BTreeMap::new());
+        for n in 1..=max {
+            let names: Vec<&str> = addrs[..n].iter().map(String::as_str).collect();
+            full.insert(n, ring_owners(h, &names, &keys));
+            let names: Vec<&str> = addrs[1..n].iter().map(String::as_str).collect();
+            if n >= 2 {
+                let m = ring_owners(h, &names, &keys);
+                rest.insert(n, m.into_iter().map(|p| p + 1).collect());
+            }
+        }
+        maps.push((format!("deep_sched ring, {}", h.name()), full, rest));
+    }
+    let nginx_map = |first: usize, n: usize| -> Result<Vec<usize>, ExperimentError> {
+        let b = Balancer::HashUriConsistent;
+        let conf = NginxConf {
+            prefix: settings
+                .work_dir
+                .join("distribution")
+                .join(format!("{}-{first}-{n}", b.name())),
+            port: free_port().map_err(io_err(&settings.work_dir))?,
+            worker_processes: settings.worker_processes,
+            module: None,
+            upstreams: vec![UpstreamSpec {
+                name: "social".into(),
+                locations: vec!["/".into()],
+                peers: handles[first..n].iter().map(|h| h.addr()).collect(),
+            }],
+            balancer: b,
+        };
+        let nginx = NginxProcess::start(&settings.nginx, &conf)?;
+        let connect = || -> std::io::Result<std::net::TcpStream> {
+            let s = std::net::TcpStream::connect(nginx.addr)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            Ok(s)
+        };
+        let mut stream = connect().map_err(io_err(&conf.prefix))?;
+        let mut map = Vec::with_capacity(keys.len());
+        for k in &keys {
+            let name = match backend_of(&mut stream, k) {
+                Ok(n) => n,
+                // nginx closes a keep-alive connection after
+                // `keepalive_requests`: reconnect once.
+                Err(_) => {
+                    stream = connect().map_err(io_err(&conf.prefix))?;
+                    backend_of(&mut stream, k).map_err(io_err(&conf.prefix))?
+                }
+            };
+            let i = name
+                .strip_prefix('b')
+                .and_then(|s| s.parse::<usize>().ok())
+                .filter(|&i| (1..=max).contains(&i))
+                .ok_or_else(|| {
+                    io_err(&conf.prefix)(std::io::Error::other(format!("unknown backend {name:?}")))
+                })?;
+            map.push(i - 1);
+        }
+        eprintln!("distribution: nginx hash $request_uri consistent, peers {first}..{n}: done");
+        Ok(map)
+    };
+    let (mut full, mut rest) = (BTreeMap::new(), BTreeMap::new());
+    for n in peers.clone() {
+        full.insert(n, nginx_map(0, n)?);
+        rest.insert(n, nginx_map(1, n)?);
+    }
+    full.insert(max, nginx_map(0, max)?);
+    maps.push((
+        "nginx hash $request_uri consistent (ketama)".into(),
+        full,
+        rest,
+    ));
+    for (name, full, rest) in maps {
+        table.insert(name, key_row(&full, &rest, peers.clone()));
+    }
+    Ok(table)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_row_counts_shares_and_moves() {
+        // 4 keys: over 2 peers 2+2; with a third peer one key moves to it;
+        // without peer 0 its two keys move to peer 1.
+        let full = BTreeMap::from([(2, vec![0, 1, 0, 1]), (3, vec![0, 1, 2, 1])]);
+        let rest = BTreeMap::from([(2, vec![1, 1, 1, 1])]);
+        let row = key_row(&full, &rest, 2..=2);
+        let c = &row[&2];
+        assert_eq!(c.share_sd_pct, 0.0);
+        assert_eq!(c.moved_add_pct, Some(25.0));
+        assert_eq!(c.moved_remove_pct, Some(50.0));
+        let skewed = BTreeMap::from([(2, vec![0, 0, 0, 1])]);
+        // shares 75 % / 25 %: 25 points from the mean of 50.
+        assert_eq!(
+            key_row(&skewed, &BTreeMap::new(), 2..=2)[&2].share_sd_pct,
+            25.0
+        );
+    }
+
+    #[test]
+    fn ring_owners_move_only_the_removed_peers_keys() {
+        let keys = study_keys(2000);
+        let peers = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+        for h in deep_sched_core::hash::HashFn::ALL {
+            let all = ring_owners(h, &peers, &keys);
+            let rest: Vec<usize> = ring_owners(h, &peers[1..], &keys)
+                .into_iter()
+                .map(|p| p + 1)
+                .collect();
+            for (a, b) in all.iter().zip(&rest) {
+                assert!(a == b || *a == 0, "{h:?}: {a} → {b}");
+            }
+        }
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

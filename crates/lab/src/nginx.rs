@@ -29,6 +29,9 @@ pub enum Balancer {
     RandomTwo,
     /// `hash $request_id consistent` (ketama ring keyed per request).
     HashConsistent,
+    /// `hash $request_uri consistent` (ketama ring, 160 points per weight,
+    /// keyed by the URI: the key distribution study).
+    HashUriConsistent,
     /// Not a balancer but the reference for one: every worker of the
     /// scenario in a single backend with one FIFO queue, so no request
     /// ever waits while a worker is idle. The upstream has one peer and
@@ -67,6 +70,7 @@ impl Balancer {
             Balancer::LeastConn => "least_conn",
             Balancer::RandomTwo => "random_two_least_conn",
             Balancer::HashConsistent => "hash_consistent",
+            Balancer::HashUriConsistent => "nginx_hash_uri_consistent",
             Balancer::OnePool => ONE_POOL,
             Balancer::DeepSchedExplore { .. } => "deep_sched_explore",
             Balancer::DeepSched { p2c: false, .. } => "deep_sched",
@@ -81,6 +85,7 @@ impl Balancer {
             Balancer::LeastConn => "least_conn;".to_string(),
             Balancer::RandomTwo => "random two least_conn;".to_string(),
             Balancer::HashConsistent => "hash $request_id consistent;".to_string(),
+            Balancer::HashUriConsistent => "hash $request_uri consistent;".to_string(),
             Balancer::OnePool => "# one peer holding every worker: nothing to balance".to_string(),
             Balancer::DeepSchedExplore {
                 log,
@@ -405,6 +410,7 @@ mod tests {
             Balancer::LeastConn,
             Balancer::RandomTwo,
             Balancer::HashConsistent,
+            Balancer::HashUriConsistent,
             Balancer::OnePool,
         ] {
             let text = conf(b.clone()).render();

@@ -603,6 +603,140 @@ fn plot_states(results: &[RunResult], path: &Path) -> Result<bool, ReportError> 
 /// of peers (the consistent-hashing study).
 pub type DistributionTable = BTreeMap<String, BTreeMap<usize, f64>>;
 
+/// One cell of the key distribution study (consistent hashing of 10,000
+/// distinct keys over N peers of weight 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyCell {
+    /// Standard deviation of the per-peer share of the keys, percentage
+    /// points (`100 · sd(counts) / keys`).
+    pub share_sd_pct: f64,
+    /// Keys that move when a peer is added (N → N+1), % (ideal 100/(N+1)).
+    pub moved_add_pct: Option<f64>,
+    /// Keys that move when the first peer is removed (N → N−1), % (ideal
+    /// 100/N: exactly its own keys).
+    pub moved_remove_pct: Option<f64>,
+}
+
+/// The key study by hash function (row) and N.
+pub type KeyTable = BTreeMap<String, BTreeMap<usize, KeyCell>>;
+
+/// Writes the key study into `DIR/keys.md` and `DIR/keys.png` (std. dev.
+/// of the share by N, one line per hash function).
+pub fn write_key_report(
+    table: &KeyTable,
+    keys: usize,
+    nginx_version: &str,
+    dir: &Path,
+) -> Result<PathBuf, ReportError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let ns: Vec<usize> = table
+        .values()
+        .flat_map(|m| m.keys().copied())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Consistent hashing of {keys} keys over N peers
+"
+    );
+    let _ = writeln!(
+        md,
+        "{keys} distinct request URIs (`/wrk2-api/home-timeline/read?user=i`), N peers of weight 1, \
+         160 points per peer. deep_sched's ring (the module's `choose=hash` as plain consistent hashing: \
+         with idle peers the load bound never acts) with each hash function the core offers, computed \
+         in process (point j of a peer = the hash of its address continued over j); nginx \
+         {nginx_version}'s `hash $request_uri consistent` (ketama: crc32, each point from the previous \
+         one) measured through the real nginx, each key sent once. Ideal: share std. dev. 0; keys \
+         moved on adding a peer 100/(N+1) %, on removing one 100/N % (only its own).\n"
+    );
+    let header = |md: &mut String, what: &str| {
+        let _ = writeln!(
+            md,
+            "
+## {what}
+
+| hash | {} |",
+            ns.iter()
+                .map(|n| format!("N={n}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let _ = writeln!(md, "|---|{}", "---:|".repeat(ns.len()));
+    };
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    header(
+        &mut md,
+        "Std. dev. of the per-peer share, percentage points",
+    );
+    for (h, row) in table {
+        let cells: Vec<String> = ns
+            .iter()
+            .map(|n| pct(row.get(n).map(|c| c.share_sd_pct)))
+            .collect();
+        let _ = writeln!(md, "| {h} | {} |", cells.join(" | "));
+    }
+    header(&mut md, "Keys moved when a peer is added (N → N+1), %");
+    let _ = writeln!(
+        md,
+        "| ideal | {} |",
+        ns.iter()
+            .map(|n| format!("{:.1}", 100.0 / (n + 1) as f64))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    for (h, row) in table {
+        let cells: Vec<String> = ns
+            .iter()
+            .map(|n| pct(row.get(n).and_then(|c| c.moved_add_pct)))
+            .collect();
+        let _ = writeln!(md, "| {h} | {} |", cells.join(" | "));
+    }
+    header(
+        &mut md,
+        "Keys moved when the first peer is removed (N → N−1), %",
+    );
+    for (h, row) in table {
+        let cells: Vec<String> = ns
+            .iter()
+            .map(|n| pct(row.get(n).and_then(|c| c.moved_remove_pct)))
+            .collect();
+        let _ = writeln!(md, "| {h} | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(
+        md,
+        "
+A removal moves exactly the removed peer's keys (its share, whose spread the first table shows); an addition moves the keys the new peer's points take."
+    );
+    let sd: DistributionTable = table
+        .iter()
+        .map(|(h, row)| {
+            (
+                h.clone(),
+                row.iter().map(|(n, c)| (*n, c.share_sd_pct)).collect(),
+            )
+        })
+        .collect();
+    let png = dir.join("keys.png");
+    match plot_lines(
+        &sd,
+        &ns,
+        &png,
+        "std. dev. of the per-peer share of 10,000 keys",
+        "std. dev., % points",
+    ) {
+        Ok(()) => {
+            let _ = writeln!(md, "\n![share std. dev. by N](keys.png)");
+        }
+        Err(e) => eprintln!("warning: {e}"),
+    }
+    let _ = writeln!(md, "\nReproduce: `scripts/experiment.sh distribution`.");
+    let path = dir.join("keys.md");
+    std::fs::write(&path, md).map_err(io_err(&path))?;
+    Ok(path)
+}
+
 /// Writes `DIR/report.md` and `DIR/distribution.png` for the distribution
 /// analysis.
 pub fn write_distribution_report(
@@ -641,7 +775,13 @@ pub fn write_distribution_report(
         let _ = writeln!(md, "| {b} | {} |", cells.join(" | "));
     }
     let png = dir.join("distribution.png");
-    let plotted = plot_distribution(table, &ns, &png);
+    let plotted = plot_lines(
+        table,
+        &ns,
+        &png,
+        "std. dev. of per-peer counts",
+        "std. dev., requests",
+    );
     if let Err(e) = &plotted {
         eprintln!("warning: {e}");
     } else {
@@ -653,10 +793,12 @@ pub fn write_distribution_report(
     Ok(path)
 }
 
-fn plot_distribution(
+fn plot_lines(
     table: &DistributionTable,
     ns: &[usize],
     path: &Path,
+    caption: &str,
+    y_desc: &str,
 ) -> Result<(), ReportError> {
     let y_max = table
         .values()
@@ -669,7 +811,7 @@ fn plot_distribution(
     let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| perr(path, e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("std. dev. of per-peer counts", ("sans-serif", 20))
+        .caption(caption, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(56)
@@ -678,7 +820,7 @@ fn plot_distribution(
     chart
         .configure_mesh()
         .x_desc("peers N")
-        .y_desc("std. dev., requests")
+        .y_desc(y_desc)
         .x_labels(ns.len())
         .draw()
         .map_err(|e| perr(path, e))?;
@@ -919,6 +1061,12 @@ Scenarios and protocol: docs/lab.md; full reports: `results/S*/report.md`.\n"
         let _ = writeln!(
             md,
             "\nDistribution of 10,000 requests over N = 2..6 peers (std. dev. of per-peer counts): `results/distribution/report.md`."
+        );
+    }
+    if results_dir.join("distribution").join("keys.md").is_file() {
+        let _ = writeln!(
+            md,
+            "\nConsistent hashing of 10,000 keys over N = 2..6 peers by hash function and nginx's ketama (share std. dev., keys moved on adding or removing a peer): `results/distribution/keys.md`."
         );
     }
     Ok(md)

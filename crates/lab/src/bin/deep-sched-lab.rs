@@ -17,10 +17,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use deep_sched_lab::experiment::{
-    builtin_balancers, default_work_dir, distribution, explore, run_scenario, Scenario, Settings,
+    builtin_balancers, default_work_dir, distribution, explore, key_distribution, run_scenario,
+    Scenario, Settings,
 };
 use deep_sched_lab::report::{
-    benchmarks_section, rerender_scenario_report, write_distribution_report, write_scenario_report,
+    benchmarks_section, rerender_scenario_report, write_distribution_report, write_key_report,
+    write_scenario_report,
 };
 
 /// deep_sched lab: explore -> learn -> compare against nginx's balancers.
@@ -154,13 +156,19 @@ enum Cmd {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
-    /// N = 2..6 idle peers, 10,000 requests each: std. dev. of per-peer counts.
+    /// N = 2..6 idle peers, 10,000 requests each: std. dev. of per-peer
+    /// counts; and the key study: 10,000 keys consistently hashed by each
+    /// hash function of the core and by nginx's `hash $request_uri
+    /// consistent` (share std. dev., keys moved on adding or removing a peer).
     Distribution {
         #[command(flatten)]
         common: Common,
-        /// Requests per (balancer, N).
+        /// Requests per (balancer, N); 0 skips the balancer study.
         #[arg(long, default_value_t = 10_000)]
         requests: u64,
+        /// Distinct keys of the key study; 0 skips it.
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
     },
 }
 
@@ -365,18 +373,33 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", path.display());
             }
         }
-        Cmd::Distribution { common, requests } => {
+        Cmd::Distribution {
+            common,
+            requests,
+            keys,
+        } => {
             let settings = settings(&common)?;
             let version = nginx_version(&settings.nginx);
-            let table = distribution(&settings, &builtin_balancers(), 2..=6, requests);
-            cleanup(&common, &settings);
-            let report = write_distribution_report(
-                &table?,
-                requests,
-                &version,
-                &settings.results_dir.join("distribution"),
-            )?;
-            println!("distribution: {}", report.display());
+            let dir = settings.results_dir.join("distribution");
+            if requests > 0 {
+                let table = distribution(&settings, &builtin_balancers(), 2..=6, requests);
+                let report = table
+                    .map_err(anyhow::Error::from)
+                    .and_then(|t| Ok(write_distribution_report(&t, requests, &version, &dir)?));
+                if let Err(e) = report {
+                    cleanup(&common, &settings);
+                    return Err(e);
+                }
+                println!("distribution: {}", dir.join("report.md").display());
+            }
+            if keys > 0 {
+                let table = key_distribution(&settings, 2..=6, keys);
+                cleanup(&common, &settings);
+                let report = write_key_report(&table?, keys, &version, &dir)?;
+                println!("key distribution: {}", report.display());
+            } else {
+                cleanup(&common, &settings);
+            }
         }
     }
     Ok(())
