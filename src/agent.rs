@@ -78,6 +78,8 @@ pub unsafe fn start_timers(cycle: *mut ngx_cycle_t) {
     if main.timers_started.replace(true) {
         return;
     }
+    // SAFETY: as promised by the caller.
+    unsafe { crate::check::start_timers(cycle, main) };
     // SAFETY: ngx_pid is this process's pid, set before any module runs.
     let pid = unsafe { ngx_pid } as u64;
     let (shard, returned) = view.claim_shard(pid);
@@ -260,7 +262,7 @@ fn decide(agent: &AgentConf, view: &ZoneView, dt_ms: u64, log: *mut ngx_log_t) {
     // decision is published as epoch k + 1 and numbered k.
     let seq = slot.epoch();
     // Everything is computed before anything is published.
-    let decision: Decision = {
+    let mut decision: Decision = {
         let mut decider = agent.decider.borrow_mut();
         let Some(decider) = decider.as_mut() else {
             return;
@@ -294,6 +296,7 @@ fn decide(agent: &AgentConf, view: &ZoneView, dt_ms: u64, log: *mut ngx_log_t) {
     if agent.log.is_null() {
         return;
     }
+    crate::check::add_health(agent, view, &mut decision.sample);
     let mut line = match serde_json::to_vec(&decision.sample) {
         Ok(l) => l,
         Err(e) => {

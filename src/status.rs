@@ -102,6 +102,7 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                             rps: c.requests.saturating_sub(prev) as f64 / since,
                             weight: s.weight[buffer_of(published.epoch)].load(Ordering::Relaxed),
                             configured_weight: u.configured_weights[i],
+                            health: crate::check::peer_health(u, &view, i),
                         }
                     })
                     .collect(),

@@ -227,6 +227,7 @@ impl Decider {
                             name: name.clone(),
                             counters: *d,
                             weight: in_force.get(u).and_then(|w| w.get(p)).copied().unwrap_or(0),
+                            health: None,
                         })
                         .collect(),
                 })

@@ -321,6 +321,9 @@ pub struct AgentSlot {
     pub decision: [DecisionCells; 2],
     /// Who runs the agent's health checks (`deep_sched_check`).
     pub check_lease: Lease,
+    /// How many of the agent's peers the checks hold down (recounted at
+    /// every transition): while 0, the request path reads no peer's health.
+    pub checks_down: AtomicU64,
 }
 
 /// A consistent copy of an agent's published decision (weights aside).
