@@ -137,7 +137,7 @@ pub unsafe fn init_upstream(
         let mut p = (*peers).peer;
         while !p.is_null() {
             let len = (*p).socklen as usize;
-            let mut bytes = vec![0u8; len.max(core::mem::size_of::<sockaddr>())].into_boxed_slice();
+            let mut bytes = vec![0u8; len].into_boxed_slice();
             ptr::copy_nonoverlapping((*p).sockaddr as *const u8, bytes.as_mut_ptr(), len);
             if let Some(port) = args.port {
                 ngx_inet_set_port(bytes.as_mut_ptr().cast(), port);
@@ -305,57 +305,66 @@ unsafe extern "C" fn on_timer(ev: *mut ngx_event_t) {
                 // Stop renewing: another process takes over.
                 return;
             }
-            let t = &mut *((*ev).data as *mut CheckTimer);
-            let main = &*t.main;
-            if ngx_cycle != main.cycle {
+            let tp = (*ev).data as *mut CheckTimer;
+            if ngx_cycle != (*(*tp).main).cycle {
                 // A single-process reload: the new cycle's timers check.
                 return;
             }
-            tick(t);
-            ngx_add_timer(ev, t.tick_ms as ngx_msec_t);
+            tick(tp);
+            ngx_add_timer(ev, (*tp).tick_ms as ngx_msec_t);
         }
     })
 }
 
 /// Renews or takes the lease; the holder starts the checks that are due.
-unsafe fn tick(t: &mut CheckTimer) {
-    // SAFETY: the configuration lives as long as the timer.
-    let main = unsafe { &*t.main };
+/// The timer is used through `tp` only: a check that fails at once
+/// finishes inside `start_check` and updates the timer's tables.
+unsafe fn tick(tp: *mut CheckTimer) {
+    // SAFETY: the timer is live; nothing else refers to it during the
+    // tick but the checks started from it, through the same pointer.
+    let (main, agent_index, lease, was_holding) =
+        unsafe { (&*(*tp).main, (*tp).agent, (*tp).lease_ms, (*tp).holding) };
     let Some(view) = ZoneView::of(main) else {
         return;
     };
-    let Some(agent) = main.agents.get(t.agent) else {
+    let Some(agent) = main.agents.get(agent_index) else {
         return;
     };
     // SAFETY: the event loop's clock and this process's pid.
     let (now, me) = unsafe { (ngx_current_msec as u64, ngx_pid as u64) };
     let holding = view
-        .agent(t.agent)
+        .agent(agent_index)
         .check_lease
-        .try_hold(me, now, t.lease_ms, process_alive);
-    if holding && !t.holding {
-        // Just took over: check everything now.
-        for row in t.due.iter_mut() {
-            row.fill(now);
+        .try_hold(me, now, lease, process_alive);
+    // SAFETY: short-lived accesses to the live timer's fields.
+    unsafe {
+        if holding && !was_holding {
+            // Just took over: check everything now.
+            for row in (*tp).due.iter_mut() {
+                row.fill(now);
+            }
         }
+        (*tp).holding = holding;
     }
-    t.holding = holding;
     if !holding {
         return;
     }
-    let tp: *mut CheckTimer = t;
     for (u, up) in agent.upstreams.iter().enumerate() {
         let Some(check) = &up.check else {
             continue;
         };
         for p in 0..up.peers.len().min(check.addrs.len()) {
-            if !t.running[u][p].is_null() || now < t.due[u][p] {
-                continue;
+            // SAFETY: as above; the tables have a row per upstream and a
+            // cell per peer (built from the same configuration).
+            unsafe {
+                if !(&(*tp).running)[u][p].is_null() || now < (&(*tp).due)[u][p] {
+                    continue;
+                }
+                (&mut (*tp).due)[u][p] = now + check.args.interval_ms;
+                // The check refers back to the timer only while it is in
+                // its `running` table.
+                start_check(tp, u, p);
             }
-            t.due[u][p] = now + check.args.interval_ms;
-            // SAFETY: tp is this live timer; the check refers back to it
-            // only while it is in its `running` table.
-            unsafe { start_check(tp, u, p) };
         }
     }
 }
@@ -363,8 +372,9 @@ unsafe fn tick(t: &mut CheckTimer) {
 /// Connects to peer `p` of upstream `u` (agent order) and starts a check.
 unsafe fn start_check(tp: *mut CheckTimer, u: usize, p: usize) {
     // SAFETY: the timer and its configuration are live.
-    let (t, main) = unsafe { (&mut *tp, &*(*tp).main) };
-    let up = &main.agents[t.agent].upstreams[u];
+    let main = unsafe { &*(*tp).main };
+    // SAFETY: as above.
+    let up = &main.agents[unsafe { (*tp).agent }].upstreams[u];
     let Some(check) = &up.check else {
         return;
     };
@@ -394,14 +404,14 @@ unsafe fn start_check(tp: *mut CheckTimer, u: usize, p: usize) {
     c.log.log_level = NGX_LOG_EMERG as usize;
     let addr = &check.addrs[p];
     c.pc.sockaddr = addr.as_ptr() as *mut sockaddr;
-    // SAFETY: init_upstream copied socklen bytes (at least) of the peer's.
-    c.pc.socklen = addr.len().min(unsafe { socklen_of(addr) }) as socklen_t;
+    c.pc.socklen = addr.len() as socklen_t;
     c.pc.name = &mut c.name;
     c.pc.get = Some(ngx_event_get_peer);
     c.pc.log = &mut c.log;
     c.pc.set_log_error(ngx::ffi::ngx_connection_log_error_e_NGX_ERROR_INFO);
     let raw = Box::into_raw(c);
-    t.running[u][p] = raw;
+    // SAFETY: the timer is live; its table has this cell.
+    unsafe { (&mut (*tp).running)[u][p] = raw };
     // SAFETY: raw is the live check; pc is fully set up.
     unsafe {
         let rc = ngx_event_connect_peer(&mut (*raw).pc);
@@ -417,24 +427,13 @@ unsafe fn start_check(tp: *mut CheckTimer, u: usize, p: usize) {
         (*conn).data = raw.cast();
         (*(*conn).read).handler = Some(on_read);
         (*(*conn).write).handler = Some(on_write);
-        (*(*conn).read).set_cancelable(1);
-        (*(*conn).write).set_cancelable(1);
+        // Not cancelable: a worker told to quit waits for its checks in
+        // flight (at most `timeout=`) instead of leaving their sockets open.
         ngx_add_timer((*conn).read, check.args.timeout_ms as ngx_msec_t);
         if rc != NGX_AGAIN as ngx_int_t {
             // Connected at once.
             on_write((*conn).write);
         }
-    }
-}
-
-/// The length of the socket address in `bytes` (by its family).
-unsafe fn socklen_of(bytes: &[u8]) -> usize {
-    // SAFETY: bytes hold at least a sockaddr.
-    let family = unsafe { (*(bytes.as_ptr() as *const sockaddr)).sa_family } as u32;
-    match family {
-        ngx::ffi::AF_INET => core::mem::size_of::<ngx::ffi::sockaddr_in>(),
-        ngx::ffi::AF_INET6 => core::mem::size_of::<ngx::ffi::sockaddr_in6>(),
-        _ => bytes.len(),
     }
 }
 

@@ -142,6 +142,12 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                 (Some(p), Some(s)) => p.scaling(s).map(str::to_owned),
                 _ => None,
             },
+            checker_pid: a
+                .upstreams
+                .iter()
+                .any(|u| u.check.is_some())
+                .then(|| slot.check_lease.holder(now_mono))
+                .flatten(),
             upstreams,
         });
     }

@@ -422,6 +422,7 @@ unsafe fn plan_pick(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> Plan {
     // Active health checks: one load tells whether any peer is down.
     pd.checked = 0;
     if up.check.is_some()
+        && !up.peers.is_empty()
         && view
             .agent(agent.index)
             .checks_down

@@ -330,6 +330,17 @@ fn refused_reset_and_garbage_targets_are_down_and_logged_once() {
     }
     let r = spread(&nginx, 40);
     assert_eq!(r.get("b1"), Some(&40), "{r:?}");
+    // nginx's own per-connection errors of the checks stay out of the log.
+    for noise in [
+        "connect() to",
+        "recv() failed",
+        "[error]",
+        "[crit]",
+        "[alert]",
+    ] {
+        let lines = log_lines(&nginx, noise);
+        assert!(lines.is_empty(), "{noise}: {lines:?}");
+    }
 }
 
 #[test]
@@ -400,6 +411,80 @@ fn health_survives_reload_and_checks_go_on() {
     let r = spread(&nginx, 60);
     assert!(r.get("b2").copied().unwrap_or(0) > 0, "{r:?}");
     assert!(r.get("b3").copied().unwrap_or(0) > 0, "{r:?}");
+    // Retired workers waited for their checks in flight: no socket left.
+    let alerts = log_lines(&nginx, "[alert]");
+    assert!(alerts.is_empty(), "{alerts:?}");
+}
+
+fn checker_pid(nginx: &Nginx) -> u64 {
+    nginx.status()["agents"][0]["checkerPid"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The checking worker is killed: another takes the lease over and the
+/// checks go on.
+#[test]
+fn another_worker_takes_over_when_the_checker_dies() {
+    let b = backends(2, 8, 1.0);
+    let a2 = b[1].addr().to_string();
+    let conf = full_config(
+        &http(
+            &server_lines(&b, &[]),
+            &format!("deep_sched;\n{}", check_line()),
+        ),
+        2,
+    );
+    let nginx = Nginx::start(&conf);
+    wait_state(&nginx, &a2, "up", Duration::from_secs(5));
+    let first = checker_pid(&nginx);
+    assert!(first > 0, "{}", nginx.status());
+    let killed = std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(first.to_string())
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let t0 = Instant::now();
+    b[1].control().set_health(HealthMode::Status(500));
+    let out = wait_state(&nginx, &a2, "down", Duration::from_secs(5));
+    let second = checker_pid(&nginx);
+    eprintln!(
+        "checker {first} killed: {second} checks; b2 down {} ms after",
+        ms(t0.elapsed().max(out))
+    );
+    assert!(second > 0 && second != first, "{first} -> {second}");
+}
+
+/// A peer back from the checks' exclusion ramps up under `slow_start=`.
+#[test]
+fn a_peer_back_from_the_checks_starts_its_slow_start() {
+    let b = backends(2, 8, 1.0);
+    let a2 = b[1].addr().to_string();
+    let conf = full_config(
+        &http(
+            &server_lines(&b, &[]),
+            &format!(
+                "deep_sched explore weights=1 choose=p2c slow_start=20s;\n{}",
+                check_line()
+            ),
+        ),
+        2,
+    );
+    let nginx = Nginx::start(&conf);
+    wait_state(&nginx, &a2, "up", Duration::from_secs(5));
+    let factor = |n: &Nginx| {
+        n.status()["agents"][0]["upstreams"][0]["peers"][1]["slowStartFactor"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(factor(&nginx), 1.0, "no ramp after the first pass");
+    b[1].control().set_health(HealthMode::Status(500));
+    wait_state(&nginx, &a2, "down", Duration::from_secs(5));
+    b[1].control().set_health(HealthMode::Status(200));
+    wait_state(&nginx, &a2, "up", Duration::from_secs(5));
+    let f = factor(&nginx);
+    assert!(f < 0.3, "slow start factor {f} right after coming back");
 }
 
 /// One worker checks (of three): each peer sees about one check per

@@ -68,6 +68,10 @@ pub struct AgentStatus {
     pub explored: bool,
     /// The policy's scaling advice for the current state (`add`, `remove`, `hold`).
     pub scaling: Option<String>,
+    /// The process that runs the agent's health checks now (absent without
+    /// `deep_sched_check` or while nobody holds the lease).
+    #[serde(rename = "checkerPid", skip_serializing_if = "Option::is_none")]
+    pub checker_pid: Option<u64>,
     /// The agent's upstreams.
     pub upstreams: Vec<UpstreamStatus>,
 }
@@ -572,6 +576,7 @@ mod tests {
                 ood: false,
                 explored: true,
                 scaling: Some("add".into()),
+                checker_pid: Some(4243),
                 upstreams: vec![UpstreamStatus {
                     name: "backend".into(),
                     peers: vec![peer("127.0.0.1:1", 100, 5), peer("127.0.0.1:2", 40, 1)],
@@ -603,6 +608,7 @@ mod tests {
         let unchecked = &v["agents"][0]["upstreams"][0]["peers"][1];
         assert!(unchecked.get("health").is_none());
         assert_eq!(v["agents"][0]["state"], 3);
+        assert_eq!(v["agents"][0]["checkerPid"], 4243);
         assert!(v["agents"][0]["action"].is_null());
     }
 
