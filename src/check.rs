@@ -132,10 +132,12 @@ pub unsafe fn init_upstream(
         return false;
     }
     let mut addrs = Vec::new();
+    let mut sni = Vec::new();
     // SAFETY: configuration time, single process; the peers are live.
     unsafe {
         let mut p = (*peers).peer;
         while !p.is_null() {
+            sni.push(sni_name(&ngx_str_to_string(&(*p).server)));
             let len = (*p).socklen as usize;
             let mut bytes = vec![0u8; len].into_boxed_slice();
             ptr::copy_nonoverlapping((*p).sockaddr as *const u8, bytes.as_mut_ptr(), len);
@@ -150,12 +152,67 @@ pub unsafe fn init_upstream(
         CheckType::Http => args.request(&up.name).into_bytes(),
         CheckType::Tcp => Vec::new(),
     };
+    let ssl = if args.tls {
+        // SAFETY: cf is live.
+        match unsafe { tls_context(cf) } {
+            Some(s) => s,
+            None => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"deep_sched_check\" in upstream \"{}\": cannot create the TLS context",
+                    up.name
+                );
+                return false;
+            }
+        }
+    } else {
+        ptr::null_mut()
+    };
     up.check = Some(UpstreamCheck {
         args,
         request,
         addrs,
+        ssl,
+        sni,
     });
     true
+}
+
+/// The SNI name for a `server` line, as a C string.
+fn sni_name(server: &str) -> Option<std::ffi::CString> {
+    core_check::sni_host(server).and_then(|h| std::ffi::CString::new(h).ok())
+}
+
+/// A client TLS context (TLS 1.2 and 1.3, OpenSSL's default ciphers, no
+/// certificate verification, as `proxy_ssl` without `proxy_ssl_verify`),
+/// freed with the configuration pool.
+unsafe fn tls_context(cf: *mut ngx_conf_t) -> Option<*mut ngx::ffi::ngx_ssl_t> {
+    // SAFETY: cf and its pool are live; the context is zeroed like
+    // nginx's own (ngx_pcalloc) before ngx_ssl_create fills it.
+    unsafe {
+        let pool = ngx::core::Pool::from_ngx_pool((*cf).pool);
+        let ssl = pool.calloc_type::<ngx::ffi::ngx_ssl_t>();
+        if ssl.is_null() {
+            return None;
+        }
+        (*ssl).log = (*cf).log;
+        let protocols = (ngx::ffi::NGX_SSL_TLSv1_2 | ngx::ffi::NGX_SSL_TLSv1_3) as usize;
+        if ngx::ffi::ngx_ssl_create(ssl, protocols, ptr::null_mut()) != NGX_OK as ngx_int_t {
+            return None;
+        }
+        let cln = ngx_pool_cleanup_add((*cf).pool, 0);
+        if cln.is_null() {
+            return None;
+        }
+        (*cln).handler = Some(ngx::ffi::ngx_ssl_cleanup_ctx);
+        (*cln).data = ssl.cast();
+        let mut ciphers = ngx::ngx_string!("DEFAULT");
+        if ngx::ffi::ngx_ssl_ciphers(cf, ssl, &mut ciphers, 0) != NGX_OK as ngx_int_t {
+            return None;
+        }
+        Some(ssl)
+    }
 }
 
 /// One agent's check timer in one process.
@@ -187,6 +244,8 @@ struct Check {
     name: ngx_str_t,
     started_ms: u64,
     connected: bool,
+    /// The TLS handshake is done (`tls`).
+    tls_done: bool,
     sent: usize,
     got: usize,
     buf: [u8; MAX_STATUS_LINE],
@@ -272,9 +331,7 @@ unsafe extern "C" fn drop_timers(data: *mut c_void) {
                         // connection; nothing else refers to them.
                         unsafe {
                             let check = Box::from_raw(check);
-                            if !check.pc.connection.is_null() {
-                                ngx_close_connection(check.pc.connection);
-                            }
+                            close_check(&check);
                         }
                     }
                 }
@@ -397,6 +454,7 @@ unsafe fn start_check(tp: *mut CheckTimer, u: usize, p: usize) {
         // SAFETY: the event loop's clock.
         started_ms: unsafe { ngx_current_msec } as u64,
         connected: false,
+        tls_done: false,
         sent: 0,
         got: 0,
         buf: [0; MAX_STATUS_LINE],
@@ -499,6 +557,9 @@ unsafe extern "C" fn on_write(wev: *mut ngx_event_t) {
             let Some(check) = upstream_check(raw) else {
                 return finish(raw, CheckError::Internal, 0, "configuration gone");
             };
+            if !check.ssl.is_null() && !(*raw).tls_done {
+                return start_tls(raw, c, check);
+            }
             if check.args.kind == CheckType::Tcp {
                 return finish(raw, CheckError::None, 0, "");
             }
@@ -545,8 +606,12 @@ unsafe extern "C" fn on_read(rev: *mut ngx_event_t) {
             if !connected(raw, c) {
                 return;
             }
+            if !check.ssl.is_null() && !(*raw).tls_done {
+                // Readable before the write handler started TLS.
+                return start_tls(raw, c, check);
+            }
             if check.args.kind == CheckType::Tcp {
-                // Connected: the write handler passes it (or already did).
+                // Connected (and through TLS when asked): it passes.
                 return finish(raw, CheckError::None, 0, "");
             }
             loop {
@@ -608,6 +673,92 @@ unsafe extern "C" fn on_read(rev: *mut ngx_event_t) {
     })
 }
 
+/// Closes a check's connection, if any: frees its TLS connection without
+/// waiting for the peer's close_notify, closes the socket (which deletes
+/// its timer and events) and destroys the connection's pool.
+unsafe fn close_check(check: &Check) {
+    let c = check.pc.connection;
+    if c.is_null() {
+        return;
+    }
+    // SAFETY: c is the check's open connection.
+    unsafe {
+        if !(*c).ssl.is_null() {
+            (*(*c).ssl).set_no_wait_shutdown(1);
+            (*(*c).ssl).set_no_send_shutdown(1);
+            ngx::ffi::ngx_ssl_shutdown(c);
+        }
+        let pool = (*c).pool;
+        ngx_close_connection(c);
+        if !pool.is_null() {
+            ngx::ffi::ngx_destroy_pool(pool);
+        }
+    }
+}
+
+/// Starts (or goes on with) the TLS handshake of a connected check.
+unsafe fn start_tls(raw: *mut Check, c: *mut ngx_connection_t, check: &UpstreamCheck) {
+    // SAFETY: raw is the live check of the open connection c; the TLS
+    // context lives as long as the configuration.
+    unsafe {
+        if (*c).ssl.is_null() {
+            if (*c).pool.is_null() {
+                // ngx_ssl_create_connection allocates from the connection's
+                // pool: a small one of its own, destroyed in close_check.
+                (*c).pool = ngx::ffi::ngx_create_pool(512, (*c).log);
+                if (*c).pool.is_null() {
+                    return finish(raw, CheckError::Internal, 0, "no memory for TLS");
+                }
+            }
+            let flags = (ngx::ffi::NGX_SSL_BUFFER | ngx::ffi::NGX_SSL_CLIENT) as usize;
+            if ngx::ffi::ngx_ssl_create_connection(check.ssl, c, flags) != NGX_OK as ngx_int_t {
+                return finish(raw, CheckError::Tls, 0, "cannot start TLS");
+            }
+            if let Some(Some(name)) = check.sni.get((*raw).peer) {
+                ngx::ffi::SSL_ctrl(
+                    (*(*c).ssl).connection,
+                    ngx::ffi::SSL_CTRL_SET_TLSEXT_HOSTNAME as i32,
+                    ngx::ffi::TLSEXT_NAMETYPE_host_name as _,
+                    name.as_ptr() as *mut c_void,
+                );
+            }
+        }
+        let rc = ngx::ffi::ngx_ssl_handshake(c);
+        if rc == NGX_AGAIN as ngx_int_t {
+            // nginx's handshake handler calls this once done or timed out.
+            (*(*c).ssl).handler = Some(on_handshake);
+            return;
+        }
+        on_handshake(c);
+    }
+}
+
+/// The TLS handshake ended (done, failed or timed out).
+unsafe extern "C" fn on_handshake(c: *mut ngx_connection_t) {
+    no_unwind((), || {
+        // SAFETY: as in on_write.
+        unsafe {
+            let raw = (*c).data as *mut Check;
+            if (*(*c).read).timedout() != 0 || (*(*c).write).timedout() != 0 {
+                let ms = upstream_check(raw).map_or(0, |u| u.args.timeout_ms);
+                return finish(
+                    raw,
+                    CheckError::Timeout,
+                    0,
+                    &format!("no answer within {ms}ms"),
+                );
+            }
+            if (*c).ssl.is_null() || (*(*c).ssl).handshaked() == 0 {
+                return finish(raw, CheckError::Tls, 0, "TLS handshake failed");
+            }
+            (*raw).tls_done = true;
+            (*(*c).read).handler = Some(on_read);
+            (*(*c).write).handler = Some(on_write);
+            on_write((*c).write);
+        }
+    })
+}
+
 /// The upstream's check configuration of a live check.
 unsafe fn upstream_check<'a>(raw: *mut Check) -> Option<&'a UpstreamCheck> {
     // SAFETY: the check, its timer and the configuration are live.
@@ -633,11 +784,8 @@ unsafe fn finish(raw: *mut Check, error: CheckError, status: u16, why: &str) {
         t.running[(*raw).upstream][(*raw).peer] = ptr::null_mut();
         Box::from_raw(raw)
     };
-    if !check.pc.connection.is_null() {
-        // SAFETY: the connection is open; closing deletes its timer and
-        // events.
-        unsafe { ngx_close_connection(check.pc.connection) };
-    }
+    // SAFETY: the check's connection, if any, is open.
+    unsafe { close_check(&check) };
     // SAFETY: the timer and its configuration are live.
     let (t, main) = unsafe { (&*check.timer, &*(*check.timer).main) };
     let Some(view) = ZoneView::of(main) else {

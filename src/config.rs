@@ -66,6 +66,12 @@ pub struct UpstreamCheck {
     /// Per primary peer: the address checked (the peer's, with `port=`
     /// applied), as `sockaddr` bytes.
     pub addrs: Vec<Box<[u8]>>,
+    /// With `tls`: the client TLS context (made at configuration time,
+    /// freed with the configuration pool); null without.
+    pub ssl: *mut ngx::ffi::ngx_ssl_t,
+    /// With `tls`: per primary peer, the SNI name (the host of its
+    /// `server` line when that is a name, not an address).
+    pub sni: Vec<Option<std::ffi::CString>>,
 }
 
 /// Worker-local state of an upstream, so a request allocates nothing and

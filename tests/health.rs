@@ -496,7 +496,10 @@ fn one_worker_checks_at_a_time() {
     let conf = full_config(
         &http(
             &server_lines(&b, &[]),
-            &format!("deep_sched;\n{}", check_line()),
+            &format!(
+                "deep_sched interval=200ms log=logs/samples.jsonl;\n{}",
+                check_line()
+            ),
         ),
         3,
     );
@@ -510,6 +513,22 @@ fn one_worker_checks_at_a_time() {
     assert!(
         n >= per_interval / 2 && n <= per_interval + 3,
         "{n} checks in 2 s (one checker: about {per_interval})"
+    );
+    // The sample log carries the health, for the learner.
+    let lines = nginx.lines("logs/samples.jsonl");
+    let last: serde_json::Value = serde_json::from_str(lines.last().expect("samples")).unwrap();
+    let h = &last["upstreams"][0]["peers"][0]["health"];
+    assert_eq!(h["state"], "up", "{last}");
+    assert!(h["passes"].as_u64().unwrap() >= 1, "{h}");
+    assert!(h["error"].is_null(), "{h}");
+    let record: deep_sched_core::samples::SampleRecord =
+        serde_json::from_str(lines.last().unwrap()).expect("the learner's reader loads it");
+    assert_eq!(
+        record.upstreams[0].peers[0]
+            .health
+            .as_ref()
+            .map(|h| h.state.as_str()),
+        Some("up")
     );
 }
 
@@ -531,7 +550,7 @@ fn bad_check_directives_fail_nginx_t() {
         String::from_utf8_lossy(&ok.stderr)
     );
     let ok = nginx_t(&with(
-        "deep_sched explore;\ndeep_sched_check type=tcp port=8080;",
+        "deep_sched explore;\ndeep_sched_check type=tcp tls port=8080;",
     ));
     assert!(
         ok.status.success(),
@@ -570,7 +589,8 @@ fn bad_check_directives_fail_nginx_t() {
         ),
         ("deep_sched_check uri=http://x/;", &["\"uri\"", "path"]),
         ("deep_sched_check bogus=1;", &["\"bogus=1\""]),
-        ("deep_sched_check tls;", &["\"tls\"", "not supported"]),
+        ("deep_sched_check tls tls;", &["\"tls\"", "twice"]),
+        ("deep_sched_check ssl;", &["\"ssl\""]),
         (
             "deep_sched_check type=tcp uri=/x;",
             &["\"uri=/x\"", "type=http"],
@@ -604,4 +624,91 @@ fn bad_check_directives_fail_nginx_t() {
         err.contains("\"deep_sched_check\" in upstream \"app\" needs \"deep_sched\""),
         "{err}"
     );
+}
+
+/// `tls`: the check shakes hands, then judges the answer; a peer that
+/// does not speak TLS is down with the reason.
+#[test]
+fn tls_checks_shake_hands_and_judge_the_answer() {
+    let dir = TempDir::new("tls-check");
+    let (key, crt) = (dir.path().join("key.pem"), dir.path().join("crt.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let ports = [free_port(), free_port()];
+    let tls_servers: String = ports
+        .iter()
+        .zip([200, 500])
+        .enumerate()
+        .map(|(i, (p, code))| {
+            format!(
+                "    server {{ listen 127.0.0.1:{p} ssl; ssl_certificate {crt}; \
+                 ssl_certificate_key {key}; add_header X-Backend tls{i} always;\n\
+                 \x20       location = /health {{ return {code}; }}\n\
+                 \x20       location / {{ return 200 \"tls{i}\"; }} }}\n",
+                crt = crt.display(),
+                key = key.display()
+            )
+        })
+        .collect();
+    let plain = backends(1, 8, 1.0);
+    let plain_addr = plain[0].addr().to_string();
+    let peers = [
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+        plain_addr.clone(),
+    ];
+    let body = format!(
+        "{tls_servers}\
+             upstream app {{\n\
+                 zone app 64k;\n\
+                 deep_sched;\n\
+                 deep_sched_check tls uri=/health interval={INTERVAL_MS}ms timeout={TIMEOUT_MS}ms \
+                 fall=1 rise=1;\n\
+                 server {};\n server {};\n server {};\n\
+             }}\n\
+             server {{\n\
+                 listen 127.0.0.1:{{port}};\n\
+                 proxy_next_upstream off;\n\
+                 location / {{ proxy_pass https://app; }}\n\
+                 location = /deep_sched {{ deep_sched_status; }}\n\
+             }}\n",
+        peers[0], peers[1], peers[2]
+    );
+    let nginx = Nginx::start(&full_config(&body, 2));
+    wait_state(&nginx, &peers[0], "up", Duration::from_secs(5));
+    wait_state(&nginx, &peers[1], "down", Duration::from_secs(5));
+    wait_state(&nginx, &peers[2], "down", Duration::from_secs(5));
+    let h = health(&nginx, &peers[1]);
+    assert_eq!(
+        (h["lastError"].as_str(), h["lastStatus"].as_u64()),
+        (Some("status"), Some(500)),
+        "{h}"
+    );
+    let h = health(&nginx, &peers[2]);
+    assert_eq!(h["lastError"], "tls", "{h}");
+    let lines = log_lines(
+        &nginx,
+        &format!("peer {plain_addr} of upstream \"app\" is down"),
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("TLS handshake failed"), "{lines:?}");
+    let r = spread(&nginx, 30);
+    assert_eq!(r.get("tls0"), Some(&30), "{r:?}");
+    for noise in ["SSL_do_handshake", "[error]", "[crit]", "[alert]"] {
+        let lines = log_lines(&nginx, noise);
+        assert!(lines.is_empty(), "{noise}: {lines:?}");
+    }
 }

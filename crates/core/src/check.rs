@@ -71,6 +71,10 @@ pub struct CheckArgs {
     pub status: Vec<(u16, u16)>,
     /// `port=`: check this port instead of the peer's.
     pub port: Option<u16>,
+    /// `tls`: check over TLS (a handshake, then the HTTP check or, with
+    /// `type=tcp`, nothing more). Explicit because an upstream block does
+    /// not know whether its locations proxy to it with `https://`.
+    pub tls: bool,
 }
 
 impl Default for CheckArgs {
@@ -84,6 +88,7 @@ impl Default for CheckArgs {
             rise: DEFAULT_RISE,
             status: vec![DEFAULT_STATUS],
             port: None,
+            tls: false,
         }
     }
 }
@@ -147,7 +152,7 @@ fn bad_word(word: &str, problem: impl Into<String>) -> CheckArgError {
     }
 }
 
-const PARAMS: &str = "type=, uri=, interval=, timeout=, fall=, rise=, status=, port=";
+const PARAMS: &str = "type=, uri=, interval=, timeout=, fall=, rise=, status=, port=, tls";
 
 fn time_in(param: &str, value: &str, (lo, hi): (u64, u64)) -> Result<u64, CheckArgError> {
     let ms = parse_time_ms(value)
@@ -257,13 +262,15 @@ pub fn parse(words: &[&str]) -> Result<CheckArgs, CheckArgError> {
                     .push(status_range(word)?);
                 continue;
             }
-            let problem = if word == "tls" || word == "ssl" {
-                "TLS checks are not supported (see the README: checks are plain HTTP or TCP)"
-                    .to_owned()
-            } else {
-                format!("expected one of {PARAMS}")
-            };
-            return Err(bad_word(word, problem));
+            if word == "tls" {
+                if args.tls {
+                    return Err(bad_word(word, "\"tls\" is given twice"));
+                }
+                args.tls = true;
+                last_was_status = false;
+                continue;
+            }
+            return Err(bad_word(word, format!("expected one of {PARAMS}")));
         };
         last_was_status = false;
         if seen.contains(&param) {
@@ -415,6 +422,8 @@ pub enum CheckError {
     Connect = 7,
     /// The checker could not start the check (no memory, no connection).
     Internal = 8,
+    /// The TLS handshake failed (`tls`).
+    Tls = 9,
 }
 
 impl CheckError {
@@ -429,6 +438,7 @@ impl CheckError {
             6 => CheckError::Status,
             7 => CheckError::Connect,
             8 => CheckError::Internal,
+            9 => CheckError::Tls,
             _ => CheckError::None,
         }
     }
@@ -445,8 +455,28 @@ impl CheckError {
             CheckError::Status => "status",
             CheckError::Connect => "connect",
             CheckError::Internal => "internal",
+            CheckError::Tls => "tls",
         })
     }
+}
+
+/// The SNI name of a `server` line as written (`host:port`, `host`,
+/// `[v6]:port`, `unix:/path`): its host when that is a name; `None` for
+/// addresses (RFC 6066 sends no address literals) and unix sockets.
+pub fn sni_host(server: &str) -> Option<&str> {
+    let host = match server.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => server,
+    };
+    if host.is_empty()
+        || host.starts_with('[')
+        || host.starts_with("unix:")
+        || host.contains(':')
+        || host.parse::<std::net::IpAddr>().is_ok()
+    {
+        return None;
+    }
+    Some(host)
 }
 
 /// What reading a check response found so far.
@@ -650,11 +680,16 @@ mod tests {
                 rise: 4,
                 status: vec![(200, 299), (418, 418)],
                 port: Some(9000),
+                tls: false,
             }
         );
         assert!(a.status_passes(418) && !a.status_passes(300) && !a.status_passes(417));
         let t = p("type=tcp interval=1m timeout=2s").unwrap();
         assert_eq!(t.kind, CheckType::Tcp);
+        assert!(!t.tls);
+        assert!(p("tls type=tcp").unwrap().tls);
+        let s = p("status=200 tls uri=/h").unwrap();
+        assert!(s.tls && s.status == vec![(200, 200)] && s.uri == "/h");
         assert_eq!((t.interval_ms, t.timeout_ms), (60_000, 2000));
     }
 
@@ -742,7 +777,8 @@ mod tests {
         for (words, word, problem) in [
             ("bogus=1", "bogus=1", "expected one of type="),
             ("interval", "interval", "expected one of"),
-            ("tls", "tls", "TLS checks are not supported"),
+            ("tls tls", "tls", "given twice"),
+            ("ssl", "ssl", "expected one of"),
             ("fall=2 fall=3", "fall=3", "given twice"),
             ("type=tcp uri=/x", "uri=/x", "only with type=http"),
             ("status=200 type=tcp", "status=200", "only with type=http"),
@@ -755,6 +791,24 @@ mod tests {
                 "{words}: {m}"
             );
             assert!(m.contains(problem), "{words}: {m}");
+        }
+    }
+
+    #[test]
+    fn sni_is_the_server_name_never_an_address() {
+        assert_eq!(sni_host("api.example.com:443"), Some("api.example.com"));
+        assert_eq!(sni_host("api.example.com"), Some("api.example.com"));
+        assert_eq!(sni_host("localhost:8443"), Some("localhost"));
+        for none in [
+            "127.0.0.1:443",
+            "127.0.0.1",
+            "[::1]:443",
+            "::1",
+            "unix:/tmp/s",
+            "",
+            ":443",
+        ] {
+            assert_eq!(sni_host(none), None, "{none}");
         }
     }
 

@@ -219,7 +219,8 @@ pub struct PeerHealth {
     #[serde(rename = "lastLatencyMsec")]
     pub last_latency_msec: u64,
     /// Why the last check failed (`refused`, `reset`, `timeout`, `closed`,
-    /// `garbage`, `status`, `connect`, `internal`), `null` when it passed.
+    /// `garbage`, `status`, `tls`, `connect`, `internal`), `null` when it
+    /// passed.
     #[serde(rename = "lastError")]
     pub last_error: Option<String>,
     /// HTTP status of the last answer, `null` without one.
