@@ -473,10 +473,20 @@ unsafe fn start_check(tp: *mut CheckTimer, u: usize, p: usize) {
     // SAFETY: raw is the live check; pc is fully set up.
     unsafe {
         let rc = ngx_event_connect_peer(&mut (*raw).pc);
-        if rc == NGX_ERROR as ngx_int_t || (*raw).pc.connection.is_null() {
-            // NGX_DECLINED (refused at once) or NGX_ERROR; nginx closed
-            // the socket. errno is still connect()'s.
-            let err = std::io::Error::last_os_error();
+        // connect()'s errno, before anything else can change it.
+        let err = std::io::Error::last_os_error();
+        if rc == NGX_ERROR as ngx_int_t {
+            // A local failure (no socket, no free connection, the event
+            // loop refused it: e.g. after a reload with `master_process
+            // off`, whose new cycle has no connections), not the peer's:
+            // no result, the next interval tries again.
+            (&mut (*tp).running)[u][p] = ptr::null_mut();
+            drop(Box::from_raw(raw));
+            return;
+        }
+        if (*raw).pc.connection.is_null() {
+            // NGX_DECLINED: connect() failed at once (refused, unreachable);
+            // nginx closed the socket.
             let (e, why) = classify(&err);
             finish(raw, e, 0, &why);
             return;

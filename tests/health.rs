@@ -712,3 +712,58 @@ fn tls_checks_shake_hands_and_judge_the_answer() {
         assert!(lines.is_empty(), "{noise}: {lines:?}");
     }
 }
+
+/// `master_process off`: a reload makes a new cycle in the same process,
+/// which nginx gives no connections of its own (it serves no new client
+/// after such a reload either). Its checks then cannot connect: that is
+/// not the peers' failure, so no peer is marked down, and the process
+/// lives on with a check in flight from the old cycle.
+#[test]
+fn single_process_reload_marks_no_peer_down() {
+    let b = backends(3, 8, 1.0);
+    let a2 = b[1].addr().to_string();
+    let single = |n: usize| {
+        full_config(
+            &http(
+                &server_lines(&b[..n], &[]),
+                &format!("deep_sched;\n{}", check_line()),
+            ),
+            1,
+        )
+        .replace("master_process on;", "master_process off;")
+    };
+    let nginx = Nginx::start(&single(2));
+    wait_state(&nginx, &a2, "up", Duration::from_secs(5));
+    wait_state(
+        &nginx,
+        &b[0].addr().to_string(),
+        "up",
+        Duration::from_secs(5),
+    );
+    // A hung check is in flight at the reload.
+    b[1].control().set_health(HealthMode::Hang);
+    std::thread::sleep(Duration::from_millis(INTERVAL_MS));
+    for n in [3, 2] {
+        nginx.reload_with(&single(n));
+        std::thread::sleep(Duration::from_millis(5 * INTERVAL_MS));
+    }
+    let alive = std::process::Command::new("kill")
+        .arg("-0")
+        .arg(nginx.pid().to_string())
+        .status()
+        .expect("kill -0");
+    assert!(alive.success(), "nginx died:\n{}", nginx.error_log());
+    let log = nginx.error_log();
+    assert!(log.matches("reconfiguring").count() >= 2, "{log}");
+    for peer in [&b[0], &b[2]] {
+        let down = log_lines(
+            &nginx,
+            &format!("peer {} of upstream \"app\" is down", peer.addr()),
+        );
+        assert!(down.is_empty(), "{down:?}");
+    }
+    for noise in ["[crit]", "[alert]", "[emerg]"] {
+        let lines = log_lines(&nginx, noise);
+        assert!(lines.is_empty(), "{noise}: {lines:?}");
+    }
+}
