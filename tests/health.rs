@@ -767,3 +767,43 @@ fn single_process_reload_marks_no_peer_down() {
         assert!(lines.is_empty(), "{noise}: {lines:?}");
     }
 }
+
+/// Round robin with `backup` servers: a checked-down primary is skipped
+/// for the other primaries; when every primary is down, the backups serve
+/// (and backups are not checked).
+#[test]
+fn down_primaries_fall_back_to_backups() {
+    for mode in ["deep_sched;", "deep_sched explore weights=1 choose=p2c;"] {
+        fall_back_to_backups(mode);
+    }
+}
+
+fn fall_back_to_backups(mode: &str) {
+    let b = backends(3, 8, 1.0);
+    let servers = server_lines(&b, &["", "", "backup"]);
+    let conf = full_config(&http(&servers, &format!("{mode}\n{}", check_line())), 2);
+    let nginx = Nginx::start(&conf);
+    let (a1, a2) = (b[0].addr().to_string(), b[1].addr().to_string());
+    wait_state(&nginx, &a1, "up", Duration::from_secs(5));
+    wait_state(&nginx, &a2, "up", Duration::from_secs(5));
+    assert_eq!(
+        b[2].control().health_requests(),
+        0,
+        "backups are not checked"
+    );
+
+    b[0].control().set_health(HealthMode::Status(500));
+    wait_state(&nginx, &a1, "down", Duration::from_secs(5));
+    let r = spread(&nginx, 30);
+    assert_eq!(r.get("b2"), Some(&30), "{mode} the other primary: {r:?}");
+
+    b[1].control().set_health(HealthMode::Status(500));
+    wait_state(&nginx, &a2, "down", Duration::from_secs(5));
+    let r = spread(&nginx, 30);
+    assert_eq!(r.get("b3"), Some(&30), "{mode} the backup: {r:?}");
+
+    b[0].control().set_health(HealthMode::Status(200));
+    wait_state(&nginx, &a1, "up", Duration::from_secs(5));
+    let r = spread(&nginx, 30);
+    assert_eq!(r.get("b1"), Some(&30), "{mode} the primary back: {r:?}");
+}
