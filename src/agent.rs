@@ -78,6 +78,8 @@ pub unsafe fn start_timers(cycle: *mut ngx_cycle_t) {
     if main.timers_started.replace(true) {
         return;
     }
+    // SAFETY: as promised by the caller.
+    unsafe { crate::check::start_timers(cycle, main) };
     // SAFETY: ngx_pid is this process's pid, set before any module runs.
     let pid = unsafe { ngx_pid } as u64;
     let (shard, returned) = view.claim_shard(pid);
@@ -338,6 +340,7 @@ fn decide(agent: &AgentConf, view: &ZoneView, dt_ms: u64, log: *mut ngx_log_t) {
     if agent.log.is_null() {
         return;
     }
+    crate::check::add_health(agent, view, &mut sample);
     let mut line = match serde_json::to_vec(&sample) {
         Ok(l) => l,
         Err(e) => {

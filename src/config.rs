@@ -13,6 +13,7 @@ use core::ffi::{c_char, c_void};
 use core::ptr;
 use std::sync::Arc;
 
+use deep_sched_core::check::CheckArgs;
 use deep_sched_core::choose::PeerLoad;
 use deep_sched_core::decision::{Decider, Mode};
 use deep_sched_core::directive::{ChooseArg, DirectiveArgs, ModeArg};
@@ -59,6 +60,26 @@ pub struct UpstreamConf {
     /// Worker-local: what the request path reuses (built on a worker's
     /// first request of the cycle, then once per decision).
     pub local: RefCell<UpstreamLocal>,
+    /// `deep_sched_check` of the upstream (filled by `init_upstream`).
+    pub check: Option<UpstreamCheck>,
+}
+
+/// An upstream's active health checks: the directive and what each check
+/// connects to.
+pub struct UpstreamCheck {
+    /// The parsed `deep_sched_check`.
+    pub args: CheckArgs,
+    /// The HTTP request of a check (empty for `type=tcp`).
+    pub request: Vec<u8>,
+    /// Per primary peer: the address checked (the peer's, with `port=`
+    /// applied), as `sockaddr` bytes.
+    pub addrs: Vec<Box<[u8]>>,
+    /// With `tls`: the client TLS context (made at configuration time,
+    /// freed with the configuration pool); null without.
+    pub ssl: *mut ngx::ffi::ngx_ssl_t,
+    /// With `tls`: per primary peer, the SNI name (the host of its
+    /// `server` line when that is a name, not an address).
+    pub sni: Vec<Option<std::ffi::CString>>,
 }
 
 /// Worker-local state of an upstream, so a request allocates nothing and
@@ -169,6 +190,9 @@ pub struct MainConf {
     pub counter_shard: Cell<Option<usize>>,
     /// Worker-local: the decision timers of this cycle were started.
     pub timers_started: Cell<bool>,
+    /// Every `deep_sched_check` with its upstream's name, to refuse one in
+    /// an upstream without `deep_sched` once all are parsed.
+    pub check_directives: Vec<(String, *const SrvConf)>,
 }
 
 /// The module's per-upstream configuration: which agent and upstream.
@@ -185,6 +209,9 @@ pub struct SrvConf {
     pub choose: ChooseArg,
     /// `choose=hash`: the compiled `key=` (null otherwise).
     pub key: *mut ngx_http_complex_value_t,
+    /// `deep_sched_check` of the upstream (null: none), in the
+    /// configuration pool.
+    pub check: *const CheckArgs,
 }
 
 pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
@@ -204,6 +231,7 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
             counter_shards: 0,
             counter_shard: Cell::new(None),
             timers_started: Cell::new(false),
+            check_directives: Vec::new(),
         })
         .cast()
     })
@@ -219,6 +247,7 @@ pub unsafe extern "C" fn create_srv_conf(cf: *mut ngx_conf_t) -> *mut c_void {
             main: ptr::null(),
             choose: ChooseArg::Wrr,
             key: ptr::null_mut(),
+            check: ptr::null(),
         })
         .cast()
     })

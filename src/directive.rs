@@ -249,6 +249,7 @@ unsafe fn deep_sched_inner(cf: *mut ngx_conf_t, scf: &mut SrvConf) -> *mut c_cha
         applied_admin: Cell::new(0),
         initialised: false,
         local: Default::default(),
+        check: None,
     });
     agent.upstreams.sort_by_key(|u| u.index);
     scf.agent = agent_index;
@@ -365,6 +366,18 @@ unsafe fn postconfiguration_inner(cf: *mut ngx_conf_t) -> ngx_int_t {
     // SAFETY: postconfiguration runs in the http block being finished; no
     // other reference to the main conf is live.
     let main = unsafe { main_conf_of_conf(&mut *cf) };
+    for (upstream, scf) in &main.check_directives {
+        // SAFETY: the srv conf lives in the configuration pool.
+        if unsafe { (**scf).agent } == usize::MAX {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"deep_sched_check\" in upstream \"{}\" needs \"deep_sched\" in the same upstream",
+                upstream
+            );
+            return ngx::ffi::NGX_ERROR as ngx_int_t;
+        }
+    }
     if main.agents.is_empty() {
         return ngx::ffi::NGX_OK as ngx_int_t;
     }

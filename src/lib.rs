@@ -9,6 +9,7 @@
 //!   `get_peer` / `free_peer`), wrapping nginx's round robin;
 //! - [`directive`]: `deep_sched` and the post-configuration zone layout;
 //! - [`agent`]: the per-interval decision timer and the sample log;
+//! - [`check`]: `deep_sched_check`, the active health checks;
 //! - [`status`]: the `deep_sched_status` handler;
 //! - [`api`]: the runtime API of `deep_sched_status write=on`;
 //! - [`variables`]: `$deep_sched_state`, `$deep_sched_peer`.
@@ -34,6 +35,7 @@ use rand::SeedableRng;
 
 pub mod agent;
 pub mod api;
+pub mod check;
 pub mod config;
 pub mod directive;
 pub mod status;
@@ -69,11 +71,19 @@ static NGX_HTTP_DEEP_SCHED_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     merge_loc_conf: None,
 };
 
-static mut NGX_HTTP_DEEP_SCHED_COMMANDS: [ngx_command_t; 3] = [
+static mut NGX_HTTP_DEEP_SCHED_COMMANDS: [ngx_command_t; 4] = [
     ngx_command_t {
         name: ngx_string!("deep_sched"),
         type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
         set: Some(directive::deep_sched),
+        conf: NGX_HTTP_SRV_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("deep_sched_check"),
+        type_: (NGX_HTTP_UPS_CONF | NGX_CONF_ANY) as ngx_uint_t,
+        set: Some(check::deep_sched_check),
         conf: NGX_HTTP_SRV_CONF_OFFSET,
         offset: 0,
         post: ptr::null_mut(),

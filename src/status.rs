@@ -130,6 +130,7 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                             state: peer_state(s.admin.load(Ordering::Relaxed), c.inflight).into(),
                             admin_weight: Some(s.admin_weight.load(Ordering::Relaxed))
                                 .filter(|&w| w > 0),
+                            health: crate::check::peer_health(u, &view, i),
                         }
                     })
                     .collect(),
@@ -167,6 +168,12 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                 (Some(p), Some(s)) => p.scaling(s).map(str::to_owned),
                 _ => None,
             },
+            checker_pid: a
+                .upstreams
+                .iter()
+                .any(|u| u.check.is_some())
+                .then(|| slot.check_lease.holder(now_mono))
+                .flatten(),
             upstreams,
         });
     }

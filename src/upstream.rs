@@ -40,7 +40,7 @@ use ngx::ffi::{
 use ngx::ngx_conf_log_error;
 
 use crate::config::{srv_conf, AgentConf, MainConf, UpstreamConf, UpstreamLocal};
-use crate::zone::{TryOutcome, ZoneView};
+use crate::zone::{PeerSlot, TryOutcome, ZoneView};
 use crate::{module, no_unwind, with_rng};
 
 /// Draw weights of `choose=p2c` are the peers' weights times this, so a
@@ -73,6 +73,10 @@ pub struct PeerData {
     pub peer_name: ngx_str_t,
     /// `choose=hash`: the key's position on the ring, once evaluated.
     pub key_hash: Option<u32>,
+    /// Primary peers whose health the checks may have taken out (0 when
+    /// none is down), and their first zone slot: set per pick.
+    pub checked: usize,
+    pub slots: *const PeerSlot,
 }
 
 /// The peers' write lock when they live in a shared zone (the same rule
@@ -200,6 +204,10 @@ unsafe fn init_upstream_inner(
             .push(u32::try_from(p.weight).unwrap_or(1).max(1));
         up.max_fails.push(u32::try_from(p.max_fails).unwrap_or(1));
         up.configured_down.push(p.down != 0);
+    }
+    // SAFETY: cf, us and the primary peers are live.
+    if !unsafe { crate::check::init_upstream(cf, us, scf, up, peers) } {
+        return NGX_ERROR as ngx_int_t;
     }
     if let Some(policy) = policy {
         let names: Vec<&str> = up.peers.iter().map(String::as_str).collect();
@@ -456,11 +464,13 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
             // SAFETY: pc and rrp are live.
             let mut rc =
                 unsafe { ngx_http_upstream_get_round_robin_peer(pc, (&raw mut pd.rrp).cast()) };
-            if masked {
+            // Round robin reset the bitmap if it moved on to the backups.
+            if masked && pd.rrp.peers == pd.primary {
                 // SAFETY: the bits were set by plan_pick on this list.
                 no_unwind((), || unsafe { unmask(pd) });
                 if rc == NGX_BUSY as ngx_int_t {
-                    // Only ramping peers were left: better them than a 502.
+                    // Only ramping (or, without backups, checked-down)
+                    // peers were left: better them than a 502.
                     // SAFETY: as above.
                     rc = unsafe {
                         ngx_http_upstream_get_round_robin_peer(pc, (&raw mut pd.rrp).cast())
@@ -500,17 +510,35 @@ unsafe fn plan_pick(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> Plan {
     }
     // SAFETY: ngx_current_msec is the event loop's clock.
     let now = unsafe { ngx_current_msec } as u64;
+    // Active health checks: one load tells whether any peer is down.
+    pd.checked = 0;
+    if up.check.is_some()
+        && !up.peers.is_empty()
+        && view
+            .agent(agent.index)
+            .checks_down
+            .load(core::sync::atomic::Ordering::Relaxed)
+            > 0
+    {
+        pd.checked = local.peers.len().min(up.peers.len());
+        pd.slots = view.peer(up.slot_base);
+    }
+    local.masked.clear();
     match pd.choose {
         // SAFETY: pc and rrp are live.
         ChooseArg::P2c => match unsafe { p2c_pick(pc, pd, agent, up, &mut local, &view, now) } {
             Some(i) => Plan::Picked(i),
-            None => rr,
+            // SAFETY: rrp and the primary list are live.
+            None => unsafe { mask_down(pd, &mut local) },
         },
         // SAFETY: pc and rrp are live.
         ChooseArg::Hash => {
             match unsafe { hash_pick(pc, pd, agent, up, &mut local, &view, main.shard.get()) } {
                 Some(i) => Plan::Picked(i),
-                None => rr,
+                // No key (or no primary peer left): round robin, without the
+                // peers the checks took out.
+                // SAFETY: rrp and the primary list are live.
+                None => unsafe { mask_down(pd, &mut local) },
             }
         }
         ChooseArg::Wrr => {
@@ -520,21 +548,49 @@ unsafe fn plan_pick(pc: *mut ngx_peer_connection_t, pd: &mut PeerData) -> Plan {
                         .agent(agent.index)
                         .slow_start_until_ms
                         .load(core::sync::atomic::Ordering::Relaxed);
-            if !ramping {
-                return rr;
+            if ramping {
+                // SAFETY: rrp and the primary list are live.
+                unsafe { mask_ramping(pd, agent, up, &mut local, &view, now) };
             }
-            // SAFETY: rrp and the primary list are live.
-            Plan::RoundRobin {
-                masked: unsafe { mask_ramping(pd, agent, up, &mut local, &view, now) },
+            // SAFETY: as above.
+            unsafe { mask_down(pd, &mut local) }
+        }
+    }
+}
+
+/// Whether the active health checks took primary peer `i` out.
+fn checked_down(pd: &PeerData, i: usize) -> bool {
+    // SAFETY: `slots` is the upstream's first peer slot in the mapped zone,
+    // followed by `checked` more (set by plan_pick for this pick).
+    i < pd.checked && unsafe { (*pd.slots.add(i)).health.is_down() }
+}
+
+/// Active health checks under round robin: holds the peers the checks took
+/// out back from this pick (marks them tried, as slow start does), on the
+/// primary list only (round robin resets the bitmap when it moves on to
+/// the backups). Returns the round-robin plan, `masked` when any peer is
+/// held back (for slow start or health).
+unsafe fn mask_down(pd: &mut PeerData, local: &mut UpstreamLocal) -> Plan {
+    if pd.rrp.peers == pd.primary {
+        for i in 0..pd.checked {
+            // SAFETY: the bitmap covers the primary list.
+            if checked_down(pd, i) && unsafe { !tried(&pd.rrp, i) } {
+                // SAFETY: as above.
+                unsafe { set_tried(&mut pd.rrp, i, true) };
+                local.masked.push(i);
             }
         }
+    }
+    Plan::RoundRobin {
+        masked: !local.masked.is_empty(),
     }
 }
 
 /// Slow start under round robin: each peer in slow start is held back from
 /// this pick (marked tried) with probability `1 − factor`, so its share is
 /// about `factor` of its weight's. Not with backups (round robin would move
-/// on to them rather than to a ramping primary). Returns whether any was.
+/// on to them rather than to a ramping primary). Adds them to
+/// `local.masked`; returns whether any was.
 unsafe fn mask_ramping(
     pd: &mut PeerData,
     agent: &AgentConf,
@@ -543,7 +599,6 @@ unsafe fn mask_ramping(
     view: &ZoneView,
     now: u64,
 ) -> bool {
-    local.masked.clear();
     // SAFETY: primary is live; `next` is its backup list.
     if pd.rrp.peers != pd.primary || unsafe { !(*pd.primary).next.is_null() } {
         return false;
@@ -592,7 +647,7 @@ unsafe fn eligible(
         && now - peer.checked <= peer.fail_timeout;
     let full = peer.max_conns != 0 && peer.conns >= peer.max_conns;
     // SAFETY: the bitmap covers the primary list.
-    !unsafe { tried(&pd.rrp, i) } && peer.down == 0 && !failed && !full
+    !unsafe { tried(&pd.rrp, i) } && peer.down == 0 && !failed && !full && !checked_down(pd, i)
 }
 
 /// What p2c knows of peer `i`: its load (weight = round robin's

@@ -307,7 +307,7 @@ impl ZoneView {
 }
 
 /// Whether process `pid` exists (signal 0 checks without sending).
-fn process_alive(pid: u64) -> bool {
+pub(crate) fn process_alive(pid: u64) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
@@ -380,6 +380,19 @@ unsafe extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, _old: *mut c_void) -> 
                 (*shpool).data = block.cast();
             }
             main.block.set(block);
+            if fresh {
+                // A reload that changed the layout: keep the health the
+                // checks found for peers that still exist (before the old
+                // zone is retired).
+                if let (Some(old), Some(view)) = (
+                    main_conf_of_cycle(&*ngx::ffi::ngx_cycle),
+                    ZoneView::of(main),
+                ) {
+                    if !ptr::eq(old, main) {
+                        crate::check::inherit_health(old, main, &view);
+                    }
+                }
+            }
             retire_previous_zone(main, zone);
             let Some(view) = ZoneView::of(main) else {
                 return NGX_ERROR as ngx_int_t;

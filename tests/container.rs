@@ -105,7 +105,7 @@ fn nginx_conf(peers: &[String]) -> String {
              upstream backend {{\n\
                  zone backend 64k;\n\
          {servers}\
-                 deep_sched policies/backend.json interval={INTERVAL_MS}ms log={SAMPLES};\n\
+                 deep_sched policies/backend.json choose=wrr interval={INTERVAL_MS}ms log={SAMPLES};\n\
                  keepalive 16;\n\
              }}\n\
              server {{\n\

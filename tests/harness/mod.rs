@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use deep_sched_lab::backend::{self, BackendConfig, BackendHandle, Mode, ServiceTimes};
+pub use deep_sched_lab::backend::{
+    self, BackendConfig, BackendHandle, HealthMode, Mode, ServiceTimes,
+};
 pub use deep_sched_lab::dist::Delay;
 
 /// The repository root.

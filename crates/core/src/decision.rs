@@ -250,6 +250,7 @@ impl Decider {
                             inflight_start: prev.get(u).and_then(|c| c.get(p)).map(|c| c.inflight),
                             dispatched: None,
                             late: None,
+                            health: None,
                         })
                         .collect(),
                 })

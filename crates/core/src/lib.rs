@@ -7,6 +7,8 @@
 //! - [`gmm`]: Gaussian mixture scoring (log domain);
 //! - [`policy`]: the policy file and its validation;
 //! - [`decision`]: one decision of an agent;
+//! - [`check`]: active health checks (directive, health state machine,
+//!   status line, checker lease);
 //! - [`choose`]: per-request peer choice (p2c, read-time latency decay,
 //!   slow start, round robin's back-off under new weights);
 //! - [`draw`]: p2c in O(1) by alias-table draws, read only for drawn peers;
@@ -19,6 +21,7 @@
 //! - [`api`]: the runtime API's routes and request bodies.
 
 pub mod api;
+pub mod check;
 pub mod choose;
 pub mod counters;
 pub mod decision;

@@ -52,6 +52,25 @@ pub struct SamplePeer {
     /// Over a log, `dispatched` plus `late` add up to every try.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub late: Option<DispatchedCounts>,
+    /// What the active health checks found at the interval's end (absent
+    /// without `deep_sched_check`, and in logs written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<SampleHealth>,
+}
+
+/// One peer's active health check results in a sample line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleHealth {
+    /// `up`, `down` or `checking`.
+    pub state: String,
+    /// Consecutive passed checks.
+    pub passes: u32,
+    /// Consecutive failed checks.
+    pub fails: u32,
+    /// Duration of the last check, ms.
+    pub latency_ms: u64,
+    /// Why the last check failed (`null` when it passed).
+    pub error: Option<String>,
 }
 
 /// One upstream in one interval.

@@ -13,6 +13,7 @@
 
 use core::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
+use crate::check::{step, CheckError, Health, HealthState, Lease};
 use crate::choose::{decayed_latency, peak_ewma, try_latency_ms, PEAK_EWMA_TAU_MS};
 use crate::counters::{latency_bucket, PeerCounters, LATENCY_BUCKETS};
 use crate::publish::Publication;
@@ -152,6 +153,99 @@ pub struct PeerSlot {
     pub admin_weight: AtomicU32,
     /// The agent's pinned weight for this peer (while the agent is pinned).
     pub pinned_weight: AtomicU32,
+    /// What the active health checks found (all zero without checks).
+    pub health: HealthCells,
+}
+
+/// One peer's active health check results (`deep_sched_check`), written
+/// by the one checking process, read by every worker per request (one
+/// relaxed load of `health`).
+#[repr(C)]
+#[derive(Default)]
+pub struct HealthCells {
+    /// [`Health`] as its discriminant (0: checking).
+    pub health: AtomicU32,
+    /// Consecutive passed checks.
+    pub passes: AtomicU32,
+    /// Consecutive failed checks.
+    pub fails: AtomicU32,
+    /// Why the last check failed ([`CheckError`] discriminant, 0: passed).
+    pub error: AtomicU32,
+    /// HTTP status of the last answer (0: none).
+    pub status: AtomicU32,
+    /// Wall clock of the last finished check, ms since the epoch (0: none).
+    pub wall_ms: AtomicU64,
+    /// How long the last check took, ms.
+    pub latency_ms: AtomicU64,
+    /// Checks finished since the zone was created.
+    pub checks: AtomicU64,
+}
+
+impl HealthCells {
+    /// The health in force.
+    #[inline]
+    pub fn health(&self) -> Health {
+        Health::from_u32(self.health.load(Ordering::Relaxed))
+    }
+
+    /// Whether the checks took the peer out (the request path's test).
+    #[inline]
+    pub fn is_down(&self) -> bool {
+        self.health.load(Ordering::Relaxed) == Health::Down as u32
+    }
+
+    /// The state machine's input.
+    pub fn state(&self) -> HealthState {
+        HealthState {
+            health: self.health(),
+            passes: self.passes.load(Ordering::Relaxed),
+            fails: self.fails.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Records one finished check: its result, through [`step`], and what
+    /// it saw. Returns the health the peer left, once per transition.
+    pub fn record(
+        &self,
+        error: CheckError,
+        status: u16,
+        wall_ms: u64,
+        latency_ms: u64,
+        fall: u32,
+        rise: u32,
+    ) -> Option<Health> {
+        let (next, from) = step(self.state(), error == CheckError::None, fall, rise);
+        self.passes.store(next.passes, Ordering::Relaxed);
+        self.fails.store(next.fails, Ordering::Relaxed);
+        self.error.store(error as u32, Ordering::Relaxed);
+        self.status.store(u32::from(status), Ordering::Relaxed);
+        self.wall_ms.store(wall_ms, Ordering::Relaxed);
+        self.latency_ms.store(latency_ms, Ordering::Relaxed);
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        self.health.store(next.health as u32, Ordering::Release);
+        from
+    }
+
+    /// Copies another peer's results (a reload that moved the peer to a new
+    /// zone keeps what the checks found).
+    pub fn copy_from(&self, other: &HealthCells) {
+        for (d, s) in [
+            (&self.health, &other.health),
+            (&self.passes, &other.passes),
+            (&self.fails, &other.fails),
+            (&self.error, &other.error),
+            (&self.status, &other.status),
+        ] {
+            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (d, s) in [
+            (&self.wall_ms, &other.wall_ms),
+            (&self.latency_ms, &other.latency_ms),
+            (&self.checks, &other.checks),
+        ] {
+            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
 }
 
 /// What the free-peer callback learned about one try.
@@ -318,6 +412,11 @@ pub struct AgentSlot {
     pub paused: AtomicU32,
     /// Runtime API `pin`: the peers' `pinned_weight`s apply.
     pub pinned: AtomicU32,
+    /// Who runs the agent's health checks (`deep_sched_check`).
+    pub check_lease: Lease,
+    /// How many of the agent's peers the checks hold down (recounted at
+    /// every transition): while 0, the request path reads no peer's health.
+    pub checks_down: AtomicU64,
 }
 
 /// A consistent copy of an agent's published decision (weights aside).
@@ -422,6 +521,43 @@ impl AgentSlot {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_cells_follow_the_state_machine() {
+        let h: HealthCells = zeroed();
+        assert_eq!(h.health(), Health::Checking);
+        assert!(!h.is_down());
+        assert_eq!(
+            h.record(CheckError::Refused, 0, 5, 1, 2, 2),
+            Some(Health::Checking)
+        );
+        assert!(h.is_down());
+        assert_eq!(h.error.load(Ordering::Relaxed), CheckError::Refused as u32);
+        assert_eq!(h.record(CheckError::None, 200, 6, 3, 2, 2), None);
+        assert!(h.is_down(), "one pass of rise=2");
+        assert_eq!(
+            h.record(CheckError::None, 200, 7, 3, 2, 2),
+            Some(Health::Down)
+        );
+        assert_eq!(h.health(), Health::Up);
+        assert_eq!(
+            (
+                h.passes.load(Ordering::Relaxed),
+                h.checks.load(Ordering::Relaxed)
+            ),
+            (2, 3)
+        );
+        assert_eq!(h.record(CheckError::Status, 500, 8, 3, 2, 2), None);
+        assert_eq!(
+            h.record(CheckError::Status, 500, 9, 3, 2, 2),
+            Some(Health::Up)
+        );
+        let copy: HealthCells = zeroed();
+        copy.copy_from(&h);
+        assert_eq!(copy.state(), h.state());
+        assert_eq!(copy.status.load(Ordering::Relaxed), 500);
+        assert_eq!(copy.wall_ms.load(Ordering::Relaxed), 9);
+    }
 
     /// A fresh record: all zeros, as in a fresh zone.
     fn zeroed<T: Default>() -> T {

@@ -73,6 +73,10 @@ pub struct AgentStatus {
     pub paused: bool,
     /// Weights pinned through the runtime API.
     pub pinned: bool,
+    /// The process that runs the agent's health checks now (absent without
+    /// `deep_sched_check` or while nobody holds the lease).
+    #[serde(rename = "checkerPid", skip_serializing_if = "Option::is_none")]
+    pub checker_pid: Option<u64>,
     /// The agent's upstreams.
     pub upstreams: Vec<UpstreamStatus>,
 }
@@ -204,6 +208,39 @@ pub struct PeerStatus {
     /// Weight set through the runtime API (`null`: none).
     #[serde(rename = "adminWeight")]
     pub admin_weight: Option<u32>,
+    /// What the active health checks found (absent without
+    /// `deep_sched_check`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<PeerHealth>,
+}
+
+/// One peer's active health check results.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PeerHealth {
+    /// `up`, `down` or `checking` (no answer yet).
+    pub state: String,
+    /// Consecutive passed checks.
+    #[serde(rename = "consecutivePasses")]
+    pub passes: u32,
+    /// Consecutive failed checks.
+    #[serde(rename = "consecutiveFails")]
+    pub fails: u32,
+    /// Checks finished since the zone was created.
+    pub checks: u64,
+    /// Wall clock of the last finished check, ms since the epoch (0: none).
+    #[serde(rename = "lastCheckMsec")]
+    pub last_check_msec: u64,
+    /// How long the last check took, ms.
+    #[serde(rename = "lastLatencyMsec")]
+    pub last_latency_msec: u64,
+    /// Why the last check failed (`refused`, `reset`, `timeout`, `closed`,
+    /// `garbage`, `status`, `tls`, `connect`, `internal`), `null` when it
+    /// passed.
+    #[serde(rename = "lastError")]
+    pub last_error: Option<String>,
+    /// HTTP status of the last answer, `null` without one.
+    #[serde(rename = "lastStatus")]
+    pub last_status: Option<u16>,
 }
 
 /// Escapes a Prometheus label value (`\`, `"` and newlines).
@@ -396,6 +433,73 @@ impl StatusDocument {
             "1 when the agent's decisions are paused or its weights pinned through the runtime API.",
             agent_rows(&|a| Some(u8::from(a.paused || a.pinned).to_string())),
         );
+
+        // Active health checks: only peers of upstreams with checks.
+        let checked = || {
+            self.peers()
+                .filter_map(|(l, p)| p.health.as_ref().map(|h| (l, h)))
+        };
+        let health_rows = |f: &dyn Fn(&PeerHealth) -> String| {
+            checked().map(|(l, h)| ("", l, f(h))).collect::<Vec<_>>()
+        };
+        let mut rows = Vec::new();
+        for (labels, h) in checked() {
+            for state in ["up", "down", "checking"] {
+                rows.push((
+                    "",
+                    format!("{labels},state=\"{state}\""),
+                    u8::from(h.state == state).to_string(),
+                ));
+            }
+        }
+        family(
+            "peer_health",
+            "gauge",
+            "Health of the peer by the active checks: 1 for its state (up, down, checking).",
+            rows,
+        );
+        family(
+            "peer_check_consecutive_passes",
+            "gauge",
+            "Consecutive passed health checks.",
+            health_rows(&|h| h.passes.to_string()),
+        );
+        family(
+            "peer_check_consecutive_fails",
+            "gauge",
+            "Consecutive failed health checks.",
+            health_rows(&|h| h.fails.to_string()),
+        );
+        family(
+            "peer_checks_total",
+            "counter",
+            "Health checks finished.",
+            health_rows(&|h| h.checks.to_string()),
+        );
+        family(
+            "peer_check_last_timestamp_seconds",
+            "gauge",
+            "Unix time of the last finished health check (0: none).",
+            health_rows(&|h| seconds(h.last_check_msec)),
+        );
+        family(
+            "peer_check_latency_seconds",
+            "gauge",
+            "Duration of the last health check, seconds.",
+            health_rows(&|h| seconds(h.last_latency_msec)),
+        );
+        family(
+            "peer_check_last_error",
+            "gauge",
+            "1 with the reason the last health check failed (no sample when it passed).",
+            checked()
+                .filter_map(|(l, h)| {
+                    h.last_error
+                        .as_ref()
+                        .map(|e| ("", format!("{l},error=\"{}\"", label(e)), "1".to_owned()))
+                })
+                .collect(),
+        );
         out
     }
 }
@@ -474,6 +578,16 @@ mod tests {
             id: n as usize,
             state: "up".into(),
             admin_weight: None,
+            health: (server == "127.0.0.1:1").then(|| PeerHealth {
+                state: "down".into(),
+                passes: 0,
+                fails: 3,
+                checks: 12,
+                last_check_msec: 1_700_000_000_250,
+                last_latency_msec: 1000,
+                last_error: Some("timeout".into()),
+                last_status: None,
+            }),
         };
         StatusDocument {
             module: "deep_sched/0.1.0".into(),
@@ -495,6 +609,7 @@ mod tests {
                 scaling: Some("add".into()),
                 paused: false,
                 pinned: false,
+                checker_pid: Some(4243),
                 upstreams: vec![UpstreamStatus {
                     name: "backend".into(),
                     peers: vec![peer("127.0.0.1:1", 100, 5), peer("127.0.0.1:2", 40, 1)],
@@ -517,7 +632,16 @@ mod tests {
         assert_eq!(p["latencyEwmaMsec"], 11.25);
         assert_eq!(p["requestMsecs"]["p99"], 45.5);
         assert!(p.get("latency_hist").is_none() && p.get("latencyHist").is_none());
+        let h = &p["health"];
+        assert_eq!(h["state"], "down");
+        assert_eq!(h["consecutiveFails"], 3);
+        assert_eq!(h["lastLatencyMsec"], 1000);
+        assert_eq!(h["lastError"], "timeout");
+        assert!(h["lastStatus"].is_null());
+        let unchecked = &v["agents"][0]["upstreams"][0]["peers"][1];
+        assert!(unchecked.get("health").is_none());
         assert_eq!(v["agents"][0]["state"], 3);
+        assert_eq!(v["agents"][0]["checkerPid"], 4243);
         assert!(v["agents"][0]["action"].is_null());
     }
 
@@ -726,8 +850,29 @@ mod tests {
                 ("deep_sched_peer_weight", "gauge"),
                 ("deep_sched_peer_admin_down", "gauge"),
                 ("deep_sched_paused", "gauge"),
+                ("deep_sched_peer_health", "gauge"),
+                ("deep_sched_peer_check_consecutive_passes", "gauge"),
+                ("deep_sched_peer_check_consecutive_fails", "gauge"),
+                ("deep_sched_peer_checks_total", "counter"),
+                ("deep_sched_peer_check_last_timestamp_seconds", "gauge"),
+                ("deep_sched_peer_check_latency_seconds", "gauge"),
+                ("deep_sched_peer_check_last_error", "gauge"),
             ]
         );
+        let one = r#"agent="pol\"icy.json",upstream="backend",server="127.0.0.1:1""#;
+        for line in [
+            format!("deep_sched_peer_health{{{one},state=\"down\"}} 1"),
+            format!("deep_sched_peer_health{{{one},state=\"up\"}} 0"),
+            format!("deep_sched_peer_check_consecutive_fails{{{one}}} 3"),
+            format!("deep_sched_peer_checks_total{{{one}}} 12"),
+            format!("deep_sched_peer_check_last_timestamp_seconds{{{one}}} 1700000000.25"),
+            format!("deep_sched_peer_check_latency_seconds{{{one}}} 1"),
+            format!("deep_sched_peer_check_last_error{{{one},error=\"timeout\"}} 1"),
+        ] {
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        // The unchecked peer has no health series.
+        assert!(!text.contains(r#"server="127.0.0.1:2",state="#), "{text}");
         assert!(text.contains(r#"agent="pol\"icy.json""#), "{text}");
         assert!(text.contains(
             r#"deep_sched_peer_requests_total{agent="pol\"icy.json",upstream="backend",server="127.0.0.1:2"} 40"#
@@ -753,7 +898,9 @@ mod tests {
         assert!(text.contains(r#"upstream="up\\stream\nx""#), "{text}");
         assert_eq!(
             text.lines().filter(|l| l.contains("up\\")).count(),
-            2 * (4 + 5 + 32 + 5)
+            // Both peers' series, and the checked peer's health ones
+            // (3 states, 5 values, its last error).
+            2 * (4 + 5 + 32 + 5) + (3 + 5 + 1)
         );
     }
 

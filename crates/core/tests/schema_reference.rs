@@ -444,6 +444,33 @@ fn sample_records_of_every_mode_are_schema_valid_and_read_back() {
             edit(&|l| l["upstreams"][0]["peers"][0]["requests"] = json!(-1)),
             false,
         ),
+        (
+            "with health",
+            edit(&|l| {
+                l["upstreams"][0]["peers"][0]["health"] = json!({
+                    "state": "down", "passes": 0, "fails": 3, "latency_ms": 1000,
+                    "error": "timeout"
+                })
+            }),
+            true,
+        ),
+        (
+            "health that passed",
+            edit(&|l| {
+                l["upstreams"][0]["peers"][0]["health"] = json!({
+                    "state": "up", "passes": 2, "fails": 0, "latency_ms": 1, "error": null
+                })
+            }),
+            true,
+        ),
+        (
+            "health without its state",
+            edit(&|l| {
+                l["upstreams"][0]["peers"][0]["health"] =
+                    json!({"passes": 2, "fails": 0, "latency_ms": 1, "error": null})
+            }),
+            false,
+        ),
     ];
     let docs: Vec<Value> = cases.iter().map(|(_, d, _)| d.clone()).collect();
     let reference = reference_errors("samples.schema.json", &docs);

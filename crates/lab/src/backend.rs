@@ -8,7 +8,8 @@
 //! p99 (a balancer can avoid queues, not the work itself).
 //!
 //! Endpoints: `/wrk2-api/post/compose`, `/wrk2-api/home-timeline/read`,
-//! `/wrk2-api/user-timeline/read` (emulated), `/health` (`ok`), `/stats`
+//! `/wrk2-api/user-timeline/read` (emulated), `/health` (200, or what
+//! `/control?health=500|hang` set), `/stats`
 //! (JSON [`BackendStats`]; `?reset=1` clears after reading), `/control`
 //! (`?mode=normal|refuse|hang|error&error_rate=R&slow=F&drop_every=N`, for
 //! scripts driving a separate process). Every response carries
@@ -344,6 +345,22 @@ struct Shared {
     queued: AtomicUsize,
     rng: Mutex<SmallRng>,
     recorded: Mutex<Recorded>,
+    /// What `/health` answers: a status, or [`HEALTH_HANG`].
+    health: AtomicU64,
+    /// `/health` requests served (or hung) so far.
+    health_requests: AtomicU64,
+}
+
+/// [`BackendControl::set_health`]'s value for "never answer".
+const HEALTH_HANG: u64 = 0;
+
+/// What the backend's `/health` endpoint does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthMode {
+    /// Answer with this status (200 by default).
+    Status(u16),
+    /// Accept the request and never answer (a hung check target).
+    Hang,
 }
 
 impl Shared {
@@ -360,6 +377,8 @@ impl Shared {
             queued: AtomicUsize::new(0),
             rng: Mutex::new(SmallRng::seed_from_u64(config.seed)),
             recorded: Mutex::new(Recorded::fresh()),
+            health: AtomicU64::new(200),
+            health_requests: AtomicU64::new(0),
             config,
         }
     }
@@ -456,6 +475,21 @@ impl BackendControl {
     /// What it measured so far.
     pub fn stats(&self) -> BackendStats {
         self.shared.stats(false)
+    }
+
+    /// Switches what `/health` does from now on (the other endpoints are
+    /// unaffected: a health check can fail while requests succeed).
+    pub fn set_health(&self, mode: HealthMode) {
+        let v = match mode {
+            HealthMode::Status(s) => u64::from(s),
+            HealthMode::Hang => HEALTH_HANG,
+        };
+        self.shared.health.store(v, Ordering::Relaxed);
+    }
+
+    /// `/health` requests received so far.
+    pub fn health_requests(&self) -> u64 {
+        self.shared.health_requests.load(Ordering::Relaxed)
     }
 
     /// Returns what it measured and starts measuring afresh.
@@ -646,7 +680,7 @@ async fn handle(
     // Read the body so the connection stays reusable (compose is a POST).
     let _ = req.into_body().collect().await;
     let response = match path.as_str() {
-        "/health" => text(StatusCode::OK, "ok\n", &name),
+        "/health" => health(&shared).await,
         "/stats" => {
             let reset = query_pairs(query.as_deref()).any(|(k, v)| k == "reset" && v != "0");
             let body = serde_json::to_vec(&shared.stats(reset)).expect("stats serialise");
@@ -664,6 +698,23 @@ async fn handle(
         },
     };
     Ok(response)
+}
+
+async fn health(shared: &Shared) -> Response<Full<Bytes>> {
+    shared.health_requests.fetch_add(1, Ordering::Relaxed);
+    let v = shared.health.load(Ordering::Relaxed);
+    if v == HEALTH_HANG {
+        std::future::pending::<()>().await;
+    }
+    let status = u16::try_from(v)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    text(
+        status,
+        format!("{}\n", status.as_u16()),
+        &shared.config.name,
+    )
 }
 
 fn control(shared: &Arc<Shared>, query: Option<&str>) -> Response<Full<Bytes>> {
@@ -699,7 +750,14 @@ fn control(shared: &Arc<Shared>, query: Option<&str>) -> Response<Full<Bytes>> {
                 Ok(n) => control.set_drop_every((n > 0).then_some(n)),
                 _ => return bad("a whole number (0 = never)"),
             },
-            _ => return bad("one of mode, error_rate, slow, drop_every"),
+            "health" => match v {
+                "hang" => control.set_health(HealthMode::Hang),
+                _ => match v.parse::<u16>() {
+                    Ok(s) if (100..=599).contains(&s) => control.set_health(HealthMode::Status(s)),
+                    _ => return bad("a status from 100 to 599, or hang"),
+                },
+            },
+            _ => return bad("one of mode, error_rate, slow, drop_every, health"),
         }
     }
     match mode.as_deref() {

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use deep_sched_lab::backend::{spawn, BackendConfig, Degradation, Mode, ServiceTimes};
+use deep_sched_lab::backend::{spawn, BackendConfig, Degradation, HealthMode, Mode, ServiceTimes};
 use deep_sched_lab::dist::Delay;
 
 /// One request on a fresh connection: `(status, raw head, body)`.
@@ -225,6 +225,35 @@ fn control_endpoint_switches_modes_and_rejects_bad_values() {
     let (status, _, body) = get(b.addr(), "/control?mode=sideways").unwrap();
     assert_eq!(status, 400);
     assert!(body.contains("mode=sideways"), "{body}");
+}
+
+#[test]
+fn health_endpoint_answers_what_control_set() {
+    let b = spawn(BackendConfig::default()).unwrap();
+    assert_eq!(get(b.addr(), "/health").unwrap().0, 200);
+    let (status, _, body) = get(b.addr(), "/control?health=503").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(b.addr(), "/health").unwrap().0, 503);
+    // Requests are unaffected: only the health endpoint fails.
+    assert_eq!(
+        get(b.addr(), "/wrk2-api/home-timeline/read").unwrap().0,
+        200
+    );
+    for bad in ["/control?health=99", "/control?health=sick"] {
+        let (status, _, body) = get(b.addr(), bad).unwrap();
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("health="), "{body}");
+    }
+    b.control().set_health(HealthMode::Hang);
+    let mut s = TcpStream::connect(b.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    write!(s, "GET /health HTTP/1.1\r\nHost: lab\r\n\r\n").unwrap();
+    let mut buf = [0u8; 16];
+    assert!(s.read(&mut buf).is_err(), "a hung /health answers nothing");
+    b.control().set_health(HealthMode::Status(200));
+    assert_eq!(get(b.addr(), "/health").unwrap().0, 200);
+    assert_eq!(b.control().health_requests(), 4);
 }
 
 #[test]
