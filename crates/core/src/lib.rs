@@ -25,6 +25,7 @@ pub mod directive;
 pub mod draw;
 pub mod features;
 pub mod gmm;
+pub mod perpeer;
 pub mod policy;
 pub mod publish;
 pub mod samples;
