@@ -176,3 +176,46 @@ fn a_version_1_policy_is_served_by_peer_name_after_the_upstream_changed() {
     let (_, failed) = load.stop();
     assert_eq!(failed, 0);
 }
+
+/// `explore spread=0.5`: log-normal weights around the configured ones,
+/// every decision logged with the draw's density.
+#[test]
+fn explore_spread_draws_log_normal_weights_through_nginx() {
+    let b = backends(3, 8, 1.0);
+    let servers = server_lines(&b, &["weight=2", "weight=2", "weight=2"]);
+    let http = format!(
+        "    upstream backend {{\n{servers}        deep_sched explore spread=0.5 interval=200ms log={{prefix}}/logs/samples.jsonl;\n    }}\n{}",
+        proxy_server("        location / { proxy_pass http://backend; }")
+    );
+    let nginx = Nginx::start(&full_config(&http, 2));
+    let load = Load::start(nginx.port, 2, &[READ]);
+    let lines = wait_for(Duration::from_secs(10), || {
+        let l = nginx.lines("logs/samples.jsonl");
+        (l.len() >= 10).then_some(l)
+    })
+    .expect("10 decisions logged");
+    let (_, failed) = load.stop();
+    assert_eq!(failed, 0);
+    let mut vectors = std::collections::BTreeSet::new();
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            (v["mode"].as_str(), v["explored"].as_bool()),
+            (Some("explore"), Some(true))
+        );
+        assert!(v["log_density"].is_number(), "{line}");
+        assert!(v.get("propensity").is_none(), "{line}");
+        let w: Vec<u64> = v["weights"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(*w.iter().max().unwrap(), 1000, "scaled to 1000: {line}");
+        vectors.insert(w);
+    }
+    assert!(
+        vectors.len() >= 8,
+        "weights change every interval: {vectors:?}"
+    );
+}
