@@ -830,11 +830,15 @@ impl LoadedPolicy {
     /// `"version": 2` is read as a per-peer policy, anything else as
     /// version 1 (whose errors then say what is wrong).
     pub fn from_json_str(text: &str, source_name: &str) -> Result<LoadedPolicy, PolicyError> {
-        let per_peer = serde_json::from_str::<Probe>(text).is_ok_and(|p| {
-            p.kind.is_some()
-                || p.version.and_then(|v| v.as_u64())
-                    == Some(u64::from(crate::perpeer::PER_PEER_VERSION))
-        });
+        // Only an object can be a per-peer document (serde would also read
+        // the probe from an array).
+        let object = text.trim_start().starts_with('{');
+        let per_peer = object
+            && serde_json::from_str::<Probe>(text).is_ok_and(|p| {
+                p.kind.is_some()
+                    || p.version.and_then(|v| v.as_u64())
+                        == Some(u64::from(crate::perpeer::PER_PEER_VERSION))
+            });
         if per_peer {
             crate::perpeer::PerPeerPolicy::from_json_str(text, source_name)
                 .map(|p| LoadedPolicy::PerPeer(std::sync::Arc::new(p)))

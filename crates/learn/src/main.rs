@@ -53,10 +53,10 @@ enum Command {
         /// Where to write the policy.
         #[arg(long)]
         out: PathBuf,
-        /// Policy kind: `table` (version 1) or `per-peer` (version 2: order- and size-invariant).
-        #[arg(long, value_enum, default_value = "table")]
+        /// Policy kind: `per-peer` (version 2: order- and size-invariant, capacity baselines, per-state off-policy decisions) or `table` (version 1).
+        #[arg(long, value_enum, default_value = "per-peer")]
         kind: Kind,
-        /// Number of states, or "auto" (lowest BIC; table only). Default: 27 (table), 4 (per-peer).
+        /// Number of states, or "auto" (table: lowest BIC; per-peer: the default). Default: 27 (table), 4 (per-peer).
         #[arg(long)]
         states: Option<String>,
         #[arg(long, value_enum, default_value = "full")]
@@ -186,9 +186,9 @@ fn main() -> anyhow::Result<()> {
             reg_covar,
         } => {
             let per_peer_states = match (kind, states.as_deref()) {
-                (Kind::PerPeer, Some(s)) => s.parse::<usize>().with_context(|| {
-                    format!("--states {s}: expected a number (per-peer policies have no \"auto\")")
-                })?,
+                (Kind::PerPeer, Some(s)) if s != "auto" => s
+                    .parse::<usize>()
+                    .with_context(|| format!("--states {s}: expected a number or \"auto\""))?,
                 _ => deep_sched_learn::perpeer::DEFAULT_STATES,
             };
             let states = states.unwrap_or_else(|| "27".into());

@@ -22,11 +22,15 @@
 //!
 //! # Baseline
 //!
-//! Capacity estimates ([`crate::capacity`]) of the peers that have one,
-//! normalised to mean 1 per upstream and recorded by peer name
-//! (`baseline.source = "capacity"`); a peer without one gets the median at
-//! serving time. Without any estimate, the configured weights
-//! (`"configured"`; the learner then takes every peer's weight as 1).
+//! Capacity estimates ([`crate::capacity`]), normalised to mean 1 per
+//! upstream and recorded by peer name (`baseline.source = "capacity"`). A
+//! peer whose capacity is not identified (usually: never loaded enough for
+//! its latency to rise) is recorded at the highest throughput it carried in
+//! an interval, about a lower bound of its capacity, but never below the
+//! median identified capacity of its upstream; a peer the log does not
+//! know gets the median at serving time. Without any number at all, the
+//! configured weights (`"configured"`; the learner then takes every peer's
+//! weight as 1).
 //!
 //! # Decision per state
 //!
@@ -51,14 +55,14 @@ use deep_sched_core::counters::{PeerCounters, PeerInterval};
 use deep_sched_core::features::Standardization;
 use deep_sched_core::gmm::CovarianceKind;
 use deep_sched_core::perpeer::{
-    BaselineDocument, BaselineSource, PeerFeature, PeerObservation, PerPeerDocument, PerPeerPolicy,
-    PER_PEER_KIND, PER_PEER_VERSION,
+    median, BaselineDocument, BaselineSource, PeerFeature, PeerObservation, PerPeerDocument,
+    PerPeerPolicy, PER_PEER_KIND, PER_PEER_VERSION,
 };
 use deep_sched_core::policy::{
     AgentDocument, CovarianceType, GmmDocument, PerComponent, POLICY_FORMAT,
 };
 
-use crate::capacity::CapacityData;
+use crate::capacity::{CapacityData, CapacityEstimate};
 use crate::em::{fit, GmmParams};
 use crate::learn::{LearnError, LearnOptions};
 use crate::ope::{decide_state, Logged, OpeOptions, Rule, StateDecision, Why};
@@ -132,20 +136,38 @@ pub fn learn_per_peer(
     }
     let estimates = cap.estimates();
     let mut weights: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    let mut bounded: Vec<String> = Vec::new();
     for (u, up) in shape.upstreams.iter().enumerate() {
-        let known: Vec<(String, f64)> = up
+        let ests: Vec<&CapacityEstimate> = estimates.get(u).into_iter().flatten().collect();
+        let mut known: Vec<f64> = ests.iter().filter_map(|e| e.capacity_rps()).collect();
+        let median_known = (!known.is_empty()).then(|| median(&mut known));
+        let caps: Vec<(String, f64)> = up
             .peers
             .iter()
-            .zip(estimates.get(u).into_iter().flatten())
-            .filter_map(|(name, e)| e.capacity_rps().map(|c| (name.clone(), c)))
+            .zip(&ests)
+            .filter_map(|(name, e)| match e {
+                CapacityEstimate::Known { capacity_rps, .. } => Some((name.clone(), *capacity_rps)),
+                // Not identified: usually a peer never loaded enough for
+                // its latency to rise. The highest throughput it carried is
+                // then about a lower bound of its capacity; never below a
+                // typical identified peer.
+                CapacityEstimate::Unknown {
+                    highest_rps: Some(h),
+                    ..
+                } if *h > 0.0 => {
+                    bounded.push(format!("{} {name}", up.name));
+                    Some((name.clone(), h.max(median_known.unwrap_or(0.0))))
+                }
+                CapacityEstimate::Unknown { .. } => None,
+            })
             .collect();
-        if known.is_empty() {
+        if caps.is_empty() {
             continue;
         }
-        let mean = known.iter().map(|(_, c)| c).sum::<f64>() / known.len() as f64;
+        let mean = caps.iter().map(|(_, c)| c).sum::<f64>() / caps.len() as f64;
         weights.insert(
             up.name.clone(),
-            known.into_iter().map(|(n, c)| (n, c / mean)).collect(),
+            caps.into_iter().map(|(n, c)| (n, c / mean)).collect(),
         );
     }
     let baseline = if weights.is_empty() {
@@ -158,6 +180,13 @@ pub fn learn_per_peer(
         }
     } else {
         summary.push_str("baseline: capacity-proportional weights (mean 1 per upstream):\n");
+        if !bounded.is_empty() {
+            let _ = writeln!(
+                summary,
+                "  (capacity not identified, the highest throughput seen, at least the median identified capacity, used instead: {})",
+                bounded.join(", ")
+            );
+        }
         for (u, ps) in &weights {
             for (p, w) in ps {
                 let _ = writeln!(summary, "  {u} {p}: {w:.3}");
@@ -280,6 +309,11 @@ pub fn learn_per_peer(
         }
     }
     let n = actions.len();
+    let _ = writeln!(
+        summary,
+        "intervals: {} read, {} skipped",
+        stats.records, stats.skipped
+    );
     let _ = writeln!(
         summary,
         "{} intervals, {n} per-peer rows; outcome by dispatch interval for {credited} of them (else by the interval the tries ended in)",

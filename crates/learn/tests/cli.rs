@@ -41,6 +41,8 @@ fn synth_learn_inspect_report() {
     );
     let learn_args = [
         "learn",
+        "--kind",
+        "table",
         "--samples",
         "s.jsonl",
         "--out",
@@ -135,9 +137,8 @@ fn bad_record_is_refused_with_file_and_line_or_skipped() {
     assert!(summary.contains("299 read, 1 skipped"), "{summary}");
 }
 
-/// `learn --kind per-peer` writes a version-2 policy, prints one line per
-/// state with its decision, and `inspect` reads it; `--states auto` is
-/// refused for it by name.
+/// `learn --kind per-peer` (the default) writes a version-2 policy, prints
+/// one line per state with its decision, and `inspect` reads it.
 #[test]
 fn per_peer_learn_and_inspect() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,12 +195,11 @@ fn per_peer_learn_and_inspect() {
         inspect.contains("per_peer") && inspect.contains("multiplier"),
         "{inspect}"
     );
-    let out = run(
+    // The default kind; "auto" is the default number of states.
+    let summary = ok(
         d,
         &[
             "learn",
-            "--kind",
-            "per-peer",
             "--samples",
             "s.jsonl",
             "--out",
@@ -208,6 +208,19 @@ fn per_peer_learn_and_inspect() {
             "auto",
         ],
     );
+    assert!(summary.contains("per-peer, 4 states"), "{summary}");
+    let out = run(
+        d,
+        &[
+            "learn",
+            "--samples",
+            "s.jsonl",
+            "--out",
+            "y.json",
+            "--states",
+            "many",
+        ],
+    );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--states auto"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--states many"));
 }
