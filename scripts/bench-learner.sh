@@ -82,7 +82,7 @@ done
 # synthetic sample log in the module's format.
 n_e2e=${BENCH_N_E2E:-200000}
 target/release/deep-sched synth --out "$work/e2e.jsonl" --records "$n_e2e" --seed 5
-/usr/bin/time -v target/release/deep-sched learn --samples "$work/e2e.jsonl" --out "$work/e2e-policy.json" \
+/usr/bin/time -v target/release/deep-sched learn --kind table --samples "$work/e2e.jsonl" --out "$work/e2e-policy.json" \
     --seed 1 --created 2026-01-01T00:00:00Z > "$work/e2e.out" 2> "$work/e2e.time"
 if [[ ${BENCH_SKLEARN_1M:-0} == 1 ]]; then
     /usr/bin/time -v "$py" "$work/sk_fit.py" "$work/large.f64" 27 27 > "$work/large-sk.json" 2> "$work/large-sk.time"

@@ -19,7 +19,7 @@ use deep_sched_core::decision::{Decider, Mode};
 use deep_sched_core::directive::{ChooseArg, DirectiveArgs, ModeArg};
 use deep_sched_core::draw::DrawTable;
 use deep_sched_core::hash::Ring;
-use deep_sched_core::policy::Policy;
+use deep_sched_core::policy::LoadedPolicy;
 use ngx::core::Pool;
 use ngx::ffi::{
     ngx_conf_t, ngx_cycle_t, ngx_http_complex_value_t, ngx_http_conf_ctx_t, ngx_http_module,
@@ -113,8 +113,8 @@ pub struct AgentConf {
     pub key: String,
     /// The directive as parsed (from the first upstream naming the agent).
     pub args: DirectiveArgs,
-    /// The loaded, validated policy (policy mode only).
-    pub policy: Option<Arc<Policy>>,
+    /// The loaded, validated policy of either kind (policy mode only).
+    pub policy: Option<Arc<LoadedPolicy>>,
     /// Resolved policy path (for status and logs).
     pub policy_path: Option<String>,
     /// Decision interval.
@@ -133,12 +133,12 @@ impl AgentConf {
     /// The decision mode for the core's decider.
     pub fn mode(&self) -> Mode {
         match (&self.args.mode, &self.policy) {
-            (ModeArg::Policy(_), Some(p)) => Mode::Policy {
-                policy: Arc::clone(p),
-                epsilon: self.args.epsilon,
-            },
-            (ModeArg::Explore, _) => Mode::Explore {
-                weights: self.args.weights.clone(),
+            (ModeArg::Policy(_), Some(p)) => p.mode(self.args.epsilon),
+            (ModeArg::Explore, _) => match self.args.spread {
+                Some(spread) => Mode::Perturb { spread },
+                None => Mode::Explore {
+                    weights: self.args.weights.clone(),
+                },
             },
             _ => Mode::Observe,
         }
@@ -156,7 +156,9 @@ impl AgentConf {
             .iter()
             .map(|u| (u.name.clone(), u.peers.clone()))
             .collect();
-        Decider::new(self.mode(), &self.key, names, configured).with_choose(self.args.choose.name())
+        Decider::new(self.mode(), &self.key, names, configured)
+            .with_choose(self.args.choose.name())
+            .with_spread(self.args.spread)
     }
 
     /// The upstream with policy index `index`.

@@ -13,7 +13,7 @@ use core::ptr;
 use std::sync::Arc;
 
 use deep_sched_core::directive::{self as args, ChooseArg, ModeArg};
-use deep_sched_core::policy::Policy;
+use deep_sched_core::policy::LoadedPolicy;
 use ngx::ffi::{
     ngx_conf_full_name, ngx_conf_open_file, ngx_conf_t, ngx_http_compile_complex_value,
     ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_int_t, ngx_open_file_t,
@@ -150,7 +150,7 @@ unsafe fn deep_sched_inner(cf: *mut ngx_conf_t, scf: &mut SrvConf) -> *mut c_cha
         }
         None => {
             if let Some(path) = &policy_path {
-                match Policy::load(path) {
+                match LoadedPolicy::load(path) {
                     Ok(p) => policy = Some(Arc::new(p)),
                     Err(e) => return conf_error(cf, &e.to_string()),
                 }
@@ -172,7 +172,7 @@ unsafe fn deep_sched_inner(cf: *mut ngx_conf_t, scf: &mut SrvConf) -> *mut c_cha
             }
             let interval_ms = parsed
                 .interval_ms
-                .or_else(|| policy.as_ref().map(|p: &Arc<Policy>| p.interval_ms()))
+                .or_else(|| policy.as_ref().map(|p: &Arc<LoadedPolicy>| p.interval_ms()))
                 .unwrap_or(args::DEFAULT_INTERVAL_MS);
             let log = match (&parsed.log, &log_path) {
                 // ngx_conf_open_file resolves the name against the prefix

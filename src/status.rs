@@ -131,6 +131,10 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                             admin_weight: Some(s.admin_weight.load(Ordering::Relaxed))
                                 .filter(|&w| w > 0),
                             health: crate::check::peer_health(u, &view, i),
+                            policy_peer: a
+                                .policy
+                                .as_ref()
+                                .map(|p| p.peer_knowledge(&u.name, name).into()),
                         }
                     })
                     .collect(),
@@ -152,7 +156,8 @@ pub fn snapshot(main: &MainConf) -> StatusDocument {
                 file: a.policy_path.clone().unwrap_or_default(),
                 format_version: p.format_version(),
                 states: p.states(),
-                actions: p.actions().len(),
+                actions: p.actions(),
+                kind: p.kind().into(),
                 provenance: p.provenance_json(),
             }),
             // Epoch 1 is the starting weights, not a decision.

@@ -211,16 +211,32 @@ unsafe fn init_upstream_inner(
     }
     if let Some(policy) = policy {
         let names: Vec<&str> = up.peers.iter().map(String::as_str).collect();
-        if let Err(e) = policy.check_upstream(&up.name, &names) {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "{} (upstream \"{}\" in {})",
-                e,
-                up.name,
-                key
-            );
-            return NGX_ERROR as ngx_int_t;
+        // Peers are matched by name: only an upstream the policy does not
+        // list is an error; other differences are served by rule and said.
+        match policy.check_upstream(&up.name, &names) {
+            Err(e) => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "{} (upstream \"{}\" in {})",
+                    e,
+                    up.name,
+                    key
+                );
+                return NGX_ERROR as ngx_int_t;
+            }
+            Ok((_, m)) => {
+                if let Some(w) = policy.mismatch_warning(&up.name, &m) {
+                    ngx_conf_log_error!(
+                        ngx::ffi::NGX_LOG_WARN,
+                        cf,
+                        "deep_sched: policy \"{}\" and upstream \"{}\" differ: {}",
+                        key,
+                        up.name,
+                        w
+                    );
+                }
+            }
         }
     }
     up.initialised = true;

@@ -167,8 +167,10 @@ fn slow_start_ramps_a_returning_peer() {
         let (e, l) = (share(&early, "b3"), share(&late, "b3"));
         eprintln!("slow start, {choose}: first second {early:?}, after the ramp {late:?}");
         assert!(e > 0.0, "{choose}: some traffic at once: {early:?}");
+        // Against the full share (a third) rather than the late sample:
+        // under p2c the share after the ramp is itself noisy (0.25-0.5).
         assert!(
-            e < 0.6 * l && l > 0.25,
+            e < 0.6 / 3.0 && l > 0.25,
             "{choose}: share ramps from {e:.3} ({early:?}) to {l:.3} ({late:?})"
         );
     }

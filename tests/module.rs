@@ -530,14 +530,6 @@ fn bad_policies_fail_nginx_t_with_a_clear_message() {
             "version",
         ),
         (
-            "peers do not match",
-            set(
-                &["agent", "upstreams", "0", "peers"],
-                json!(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]),
-            ),
-            "127.0.0.1:1",
-        ),
-        (
             "other upstream",
             set(&["agent", "upstreams", "0", "name"], json!("other")),
             "other",
@@ -588,6 +580,106 @@ fn bad_policies_fail_nginx_t_with_a_clear_message() {
             "{name}: '{needle}' not in: {stderr}"
         );
     }
+    // Per-peer (version 2) policies: each problem named with its path.
+    let pp = per_peer_policy();
+    let set_pp = |key: &str, value: Value| {
+        let mut doc = pp.clone();
+        doc[key] = value;
+        doc.to_string()
+    };
+    let pp_cases: Vec<(&str, String, &str)> = vec![
+        (
+            "pp multiplier 0",
+            set_pp("multipliers", json!([1.0, 0.0])),
+            "multipliers[1]",
+        ),
+        (
+            "pp multipliers short",
+            set_pp("multipliers", json!([1.0])),
+            "multipliers",
+        ),
+        ("pp kind", set_pp("kind", json!("per_request")), "kind"),
+        ("pp version", set_pp("version", json!(1)), "version"),
+        (
+            "pp feature",
+            set_pp(
+                "peer_features",
+                json!(["latency_ratio", "vibes", "error_rate"]),
+            ),
+            "peer_features",
+        ),
+        (
+            "pp duplicate feature",
+            set_pp(
+                "peer_features",
+                json!(["latency_ratio", "latency_ratio", "error_rate"]),
+            ),
+            "peer_features[1]",
+        ),
+        (
+            "pp baseline",
+            set_pp(
+                "baseline",
+                json!({"source": "capacity", "weights": {"backend": {"x": -1.0}}}),
+            ),
+            "baseline.weights.backend.x",
+        ),
+        (
+            "pp baseline upstream",
+            set_pp(
+                "baseline",
+                json!({"source": "capacity", "weights": {"nope": {"x": 1.0}}}),
+            ),
+            "baseline.weights.nope",
+        ),
+        (
+            "pp default",
+            set_pp("default_multiplier", json!(2000.0)),
+            "default_multiplier",
+        ),
+    ];
+    for (i, (name, body, needle)) in pp_cases.iter().enumerate() {
+        let path = dir.path().join(format!("pp{i}.json"));
+        std::fs::write(&path, body).unwrap();
+        let out = nginx_t(&conf_for(&path));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: nginx -t accepted it");
+        assert!(
+            stderr.contains(&path.display().to_string()) && stderr.contains(needle),
+            "{name}: '{needle}' or the file not in: {stderr}"
+        );
+    }
+
+    // Peers that differ from the policy's are not a reason to fail: a
+    // version-1 policy listing other, reordered peers is accepted with a
+    // warning naming what did not match.
+    let mut other = good.clone();
+    other["agent"]["upstreams"][0]["peers"] =
+        json!(["127.0.0.1:18083", "127.0.0.1:18081", "127.0.0.1:9"]);
+    let path = dir.path().join("other-peers.json");
+    std::fs::write(&path, other.to_string()).unwrap();
+    let out = nginx_t(&conf_for(&path));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "other peers: {stderr}");
+    assert!(stderr.contains("[warn]"), "{stderr}");
+    assert!(
+        stderr.contains("unknown to the policy") && stderr.contains("127.0.0.1:18082"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("out of distribution") && stderr.contains("127.0.0.1:9"),
+        "{stderr}"
+    );
+    // The good per-peer policy passes too.
+    let path = dir.path().join("pp-good.json");
+    std::fs::write(&path, pp.to_string()).unwrap();
+    let out = nginx_t(&conf_for(&path));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let missing = nginx_t(&conf_for(&dir.path().join("missing.json")));
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("missing.json"));

@@ -479,3 +479,31 @@ impl Drop for Load {
         }
     }
 }
+
+/// A per-peer policy (format version 2) in the shape `deep-sched learn
+/// --kind per-peer` writes, with two states: a peer near the pool's median
+/// latency and load keeps its baseline weight, a peer ten times slower than
+/// the median (and busier) gets a tenth of it. Peers are not named: it
+/// serves any upstream "backend".
+pub fn per_peer_policy() -> serde_json::Value {
+    serde_json::json!({
+        "format": "deep_sched.policy",
+        "version": 2,
+        "kind": "per_peer",
+        "interval_ms": 500,
+        "agent": { "upstreams": [ { "name": "backend", "peers": [] } ] },
+        "peer_features": ["latency_ratio", "load_ratio", "error_rate"],
+        "standardization": { "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0] },
+        "gmm": {
+            "covariance": "diag",
+            "weights": [0.8, 0.2],
+            "means": [[0.0, 0.0, 0.0], [2.5, 1.5, 0.0]],
+            "covariances": [[0.4, 1.0, 0.01], [1.0, 2.0, 0.01]]
+        },
+        "multipliers": [1.0, 0.1],
+        "default_multiplier": 1.0,
+        "ood_log_likelihood": null,
+        "baseline": { "source": "configured" },
+        "provenance": { "learner": "hand-written test policy (per-peer)" }
+    })
+}

@@ -3,6 +3,7 @@
 //! ```nginx
 //! deep_sched;                                   # observe only
 //! deep_sched explore weights=1,3,5 interval=2s log=logs/x.jsonl;
+//! deep_sched explore spread=0.5 log=logs/x.jsonl;  # log-normal around weight=
 //! deep_sched policies/social.json epsilon=0.05 choose=p2c slow_start=30s;
 //! deep_sched choose=hash key=$request_uri balance=1.5;
 //! ```
@@ -21,6 +22,9 @@ pub const INTERVAL_RANGE_MS: (u64, u64) = (100, 3_600_000);
 pub const MAX_WEIGHT: u32 = 1000;
 /// The research's exploration set.
 pub const DEFAULT_EXPLORE_WEIGHTS: [u32; 3] = [1, 3, 5];
+/// Largest `spread=` (σ of `ln w`): beyond it a draw spans more than the
+/// weights' 1..=1000 range.
+pub const MAX_SPREAD: f64 = 3.0;
 /// Default decision interval when neither the directive nor the policy sets one.
 pub const DEFAULT_INTERVAL_MS: u64 = 2000;
 /// Longest `slow_start=` ramp (Envoy caps nothing; an hour is far beyond any
@@ -82,6 +86,12 @@ pub struct DirectiveArgs {
     pub weights: Vec<u32>,
     /// `epsilon=`: probability of an exploratory action (only with a policy).
     pub epsilon: f64,
+    /// `spread=`: σ of the log-normal noise on `ln w` — with `explore`,
+    /// around the configured weights instead of uniform draws from
+    /// `weights=`; with a policy, what `epsilon=` perturbs the policy's
+    /// weights by (a table policy without it takes a uniformly random
+    /// action).
+    pub spread: Option<f64>,
     /// `slow_start=`: ramp of a peer that returns from failure, ms (0: off;
     /// not with observe-only, which stays exact round robin).
     pub slow_start_ms: u64,
@@ -168,6 +178,7 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
         log: None,
         weights: DEFAULT_EXPLORE_WEIGHTS.to_vec(),
         epsilon: 0.0,
+        spread: None,
         slow_start_ms: 0,
         key: None,
         balance: Balance::default(),
@@ -178,7 +189,7 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
         let Some((key, value)) = word.split_once('=') else {
             return Err(err(
                 word,
-                "expected KEY=VALUE (interval=, choose=, log=, weights=, epsilon=, slow_start=)",
+                "expected KEY=VALUE (interval=, choose=, log=, weights=, spread=, epsilon=, slow_start=)",
             ));
         };
         if seen.contains(&key) {
@@ -208,6 +219,12 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
                 if args.mode != ModeArg::Explore {
                     return Err(err(word, "\"weights=\" is only valid with \"explore\""));
                 }
+                if seen.contains(&"spread") {
+                    return Err(err(
+                        word,
+                        "\"spread=\" and \"weights=\" are two ways to explore: give one",
+                    ));
+                }
                 let mut set = Vec::new();
                 for item in value.split(',') {
                     let w: u32 = item
@@ -221,6 +238,27 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
                     }
                 }
                 args.weights = set;
+            }
+            "spread" => {
+                if args.mode == ModeArg::Observe {
+                    return Err(err(
+                        word,
+                        "\"spread=\" needs \"explore\" or a policy file (observe-only is exact round robin)",
+                    ));
+                }
+                if seen.contains(&"weights") {
+                    return Err(err(
+                        word,
+                        "\"spread=\" and \"weights=\" are two ways to explore: give one",
+                    ));
+                }
+                let x: f64 = value
+                    .parse()
+                    .map_err(|_| err(word, "expected a number such as 0.5 (the sigma of ln w)"))?;
+                if !(x > 0.0 && x <= MAX_SPREAD) {
+                    return Err(err(word, format!("the spread must be above 0 and at most {MAX_SPREAD}")));
+                }
+                args.spread = Some(x);
             }
             "epsilon" => {
                 if !matches!(args.mode, ModeArg::Policy(_)) {
@@ -258,7 +296,7 @@ pub fn parse(words: &[&str]) -> Result<DirectiveArgs, DirectiveError> {
             _ => {
                 return Err(err(
                     word,
-                    "unknown parameter (expected interval=, choose=, log=, weights=, epsilon=, slow_start=, key=, balance=)",
+                    "unknown parameter (expected interval=, choose=, log=, weights=, spread=, epsilon=, slow_start=, key=, balance=)",
                 ))
             }
         }
@@ -459,6 +497,20 @@ mod tests {
     }
 
     #[test]
+    fn spread_explores_log_normally() {
+        let a = parse(&["explore", "spread=0.5"]).unwrap();
+        assert_eq!((a.mode, a.spread), (ModeArg::Explore, Some(0.5)));
+        assert_eq!(
+            parse(&["explore"]).unwrap().spread,
+            None,
+            "uniform by default"
+        );
+        let a = parse(&["p.json", "epsilon=0.1", "spread=0.25"]).unwrap();
+        assert_eq!((a.epsilon, a.spread), (0.1, Some(0.25)));
+        assert_eq!(parse(&["explore", "spread=3"]).unwrap().spread, Some(3.0));
+    }
+
+    #[test]
     fn times() {
         assert_eq!(parse_time_ms("2"), Some(2000));
         assert_eq!(parse_time_ms("2s"), Some(2000));
@@ -607,6 +659,29 @@ mod tests {
                 "expected a time",
             ),
             (&["p.json", "extra"], "extra", "KEY=VALUE"),
+            (&["spread=0.5"], "spread=0.5", "observe-only"),
+            (&["explore", "spread=0"], "spread=0", "above 0"),
+            (&["explore", "spread=-1"], "spread=-1", "above 0"),
+            (&["explore", "spread=3.5"], "spread=3.5", "at most 3"),
+            (&["explore", "spread=NaN"], "spread=NaN", "above 0"),
+            (&["explore", "spread=inf"], "spread=inf", "at most 3"),
+            (&["explore", "spread=wide"], "spread=wide", "sigma of ln w"),
+            (&["explore", "spread="], "spread=", "sigma of ln w"),
+            (
+                &["explore", "weights=1,3", "spread=0.5"],
+                "spread=0.5",
+                "give one",
+            ),
+            (
+                &["explore", "spread=0.5", "weights=1,3"],
+                "weights=1,3",
+                "give one",
+            ),
+            (
+                &["explore", "spread=0.5", "spread=0.2"],
+                "spread=0.2",
+                "twice",
+            ),
             (
                 &["p.json", "interval=1s", "interval=2s"],
                 "interval=2s",

@@ -5,7 +5,10 @@
 //! - [`counters`]: per-peer counters, interval statistics, latency histogram;
 //! - [`features`]: the agent's shape and its feature vectors;
 //! - [`gmm`]: Gaussian mixture scoring (log domain);
-//! - [`policy`]: the policy file and its validation;
+//! - [`policy`]: the policy file and its validation (both kinds), peers
+//!   matched by name;
+//! - [`perpeer`]: per-peer policies (version 2): features relative to the
+//!   pool, per-peer states, multipliers on capacity baselines;
 //! - [`decision`]: one decision of an agent;
 //! - [`check`]: active health checks (directive, health state machine,
 //!   status line, checker lease);
@@ -30,6 +33,7 @@ pub mod draw;
 pub mod features;
 pub mod gmm;
 pub mod hash;
+pub mod perpeer;
 pub mod policy;
 pub mod publish;
 pub mod samples;

@@ -258,6 +258,87 @@ fn flatten(
     }
 }
 
+/// Validates a GMM section for `d` features (shared by both policy kinds).
+pub(crate) fn gmm_of(g: &GmmDocument, d: usize, source_name: &str) -> Result<Gmm, PolicyError> {
+    let check = Check {
+        source: source_name,
+    };
+    let k = g.weights.len();
+    if k == 0 {
+        return Err(check.err("gmm.weights", "no components"));
+    }
+    check.finite("gmm.weights", &g.weights)?;
+    if let Some(i) = g.weights.iter().position(|w| *w <= 0.0) {
+        return Err(check.err(
+            format!("gmm.weights[{i}]"),
+            "mixture weights must be positive",
+        ));
+    }
+    let sum: f64 = g.weights.iter().sum();
+    if (sum - 1.0).abs() > 1e-6 {
+        return Err(check.err(
+            "gmm.weights",
+            format!("mixture weights sum to {sum}, expected 1"),
+        ));
+    }
+    if g.means.len() != k {
+        return Err(check.err(
+            "gmm.means",
+            format!("{} means for {k} components", g.means.len()),
+        ));
+    }
+    for (c, m) in g.means.iter().enumerate() {
+        if m.len() != d {
+            return Err(check.err(
+                format!("gmm.means[{c}]"),
+                format!("{} values for {d} features", m.len()),
+            ));
+        }
+        check.finite(&format!("gmm.means[{c}]"), m)?;
+    }
+    let kind = match g.covariance {
+        CovarianceType::Full => CovarianceKind::Full,
+        CovarianceType::Diag => CovarianceKind::Diag,
+    };
+    let gmm = match (&g.covariances, &g.precisions_cholesky) {
+        (Some(c), None) => {
+            let covs = flatten(&check, "gmm.covariances", c, g.covariance, k, d)?;
+            Gmm::from_covariances(kind, &g.weights, &g.means, &covs).map_err(|e| {
+                check.err(
+                    e.component.map_or("gmm.covariances".into(), |c| {
+                        format!("gmm.covariances[{c}]")
+                    }),
+                    e.problem,
+                )
+            })?
+        }
+        (None, Some(p)) => {
+            let prec = flatten(&check, "gmm.precisions_cholesky", p, g.covariance, k, d)?;
+            Gmm::from_precisions_cholesky(kind, &g.weights, &g.means, &prec).map_err(|e| {
+                check.err(
+                    e.component.map_or("gmm.precisions_cholesky".into(), |c| {
+                        format!("gmm.precisions_cholesky[{c}]")
+                    }),
+                    e.problem,
+                )
+            })?
+        }
+        (Some(_), Some(_)) => {
+            return Err(check.err(
+                "gmm",
+                "give either \"covariances\" or \"precisions_cholesky\", not both",
+            ))
+        }
+        (None, None) => {
+            return Err(check.err(
+                "gmm",
+                "missing \"covariances\" (or \"precisions_cholesky\")",
+            ))
+        }
+    };
+    Ok(gmm)
+}
+
 impl PolicyDocument {
     /// Validates the document; `source_name` goes into error messages.
     pub fn validate(self, source_name: &str) -> Result<Policy, PolicyError> {
@@ -275,7 +356,8 @@ impl PolicyDocument {
             return Err(check.err(
                 "version",
                 format!(
-                    "unsupported version {} (this build reads version {POLICY_VERSION})",
+                    "unsupported version {} (this build reads version {POLICY_VERSION}, and \
+                     version 2 with \"kind\": \"per_peer\")",
                     doc.version
                 ),
             ));
@@ -361,80 +443,8 @@ impl PolicyDocument {
             return Err(check.err(format!("standardization.std[{i}]"), "must be positive"));
         }
 
-        let g = &doc.gmm;
-        let k = g.weights.len();
-        if k == 0 {
-            return Err(check.err("gmm.weights", "no components"));
-        }
-        check.finite("gmm.weights", &g.weights)?;
-        if let Some(i) = g.weights.iter().position(|w| *w <= 0.0) {
-            return Err(check.err(
-                format!("gmm.weights[{i}]"),
-                "mixture weights must be positive",
-            ));
-        }
-        let sum: f64 = g.weights.iter().sum();
-        if (sum - 1.0).abs() > 1e-6 {
-            return Err(check.err(
-                "gmm.weights",
-                format!("mixture weights sum to {sum}, expected 1"),
-            ));
-        }
-        if g.means.len() != k {
-            return Err(check.err(
-                "gmm.means",
-                format!("{} means for {k} components", g.means.len()),
-            ));
-        }
-        for (c, m) in g.means.iter().enumerate() {
-            if m.len() != d {
-                return Err(check.err(
-                    format!("gmm.means[{c}]"),
-                    format!("{} values for {d} features", m.len()),
-                ));
-            }
-            check.finite(&format!("gmm.means[{c}]"), m)?;
-        }
-        let kind = match g.covariance {
-            CovarianceType::Full => CovarianceKind::Full,
-            CovarianceType::Diag => CovarianceKind::Diag,
-        };
-        let gmm = match (&g.covariances, &g.precisions_cholesky) {
-            (Some(c), None) => {
-                let covs = flatten(&check, "gmm.covariances", c, g.covariance, k, d)?;
-                Gmm::from_covariances(kind, &g.weights, &g.means, &covs).map_err(|e| {
-                    check.err(
-                        e.component.map_or("gmm.covariances".into(), |c| {
-                            format!("gmm.covariances[{c}]")
-                        }),
-                        e.problem,
-                    )
-                })?
-            }
-            (None, Some(p)) => {
-                let prec = flatten(&check, "gmm.precisions_cholesky", p, g.covariance, k, d)?;
-                Gmm::from_precisions_cholesky(kind, &g.weights, &g.means, &prec).map_err(|e| {
-                    check.err(
-                        e.component.map_or("gmm.precisions_cholesky".into(), |c| {
-                            format!("gmm.precisions_cholesky[{c}]")
-                        }),
-                        e.problem,
-                    )
-                })?
-            }
-            (Some(_), Some(_)) => {
-                return Err(check.err(
-                    "gmm",
-                    "give either \"covariances\" or \"precisions_cholesky\", not both",
-                ))
-            }
-            (None, None) => {
-                return Err(check.err(
-                    "gmm",
-                    "missing \"covariances\" (or \"precisions_cholesky\")",
-                ))
-            }
-        };
+        let gmm = gmm_of(&doc.gmm, d, source_name)?;
+        let k = gmm.k();
 
         if doc.actions.is_empty() {
             return Err(check.err("actions", "no actions"));
@@ -517,7 +527,7 @@ impl PolicyDocument {
 }
 
 /// Turns a serde error into the path-and-problem form.
-fn parse_error(
+pub(crate) fn parse_error(
     source_name: &str,
     text: &str,
     e: serde_path_to_error::Error<serde_json::Error>,
@@ -662,33 +672,345 @@ impl Policy {
         serde_json::Value::Object(self.doc.provenance.clone())
     }
 
-    /// Checks that an nginx upstream matches the policy's: the name is one of
-    /// the agent's upstreams and its primary peers are the same, in order.
-    /// Returns the upstream's index in the agent.
-    pub fn check_upstream(&self, name: &str, peers: &[&str]) -> Result<usize, PolicyError> {
-        let err = |path: String, problem: String| PolicyError {
-            source_name: self.source.clone(),
-            path,
-            problem,
-        };
+    /// Matches an nginx upstream against the policy's by identity: the
+    /// name must be one of the agent's upstreams (else the policy cannot
+    /// serve it: an error); its peers are matched by name, in any order
+    /// (see [`PeerMatch`]). Returns the upstream's index in the agent and
+    /// the match.
+    pub fn check_upstream(
+        &self,
+        name: &str,
+        peers: &[&str],
+    ) -> Result<(usize, PeerMatch), PolicyError> {
         let Some(u) = self.shape.upstreams.iter().position(|x| x.name == name) else {
-            return Err(err(
-                "agent.upstreams".into(),
-                format!("no upstream \"{name}\""),
-            ));
+            return Err(PolicyError {
+                source_name: self.source.clone(),
+                path: "agent.upstreams".into(),
+                problem: format!("no upstream \"{name}\""),
+            });
         };
-        let want = &self.shape.upstreams[u].peers;
-        if want.len() != peers.len() || want.iter().zip(peers).any(|(a, b)| a != b) {
-            return Err(err(
-                format!("agent.upstreams[{u}].peers"),
-                format!(
-                    "the policy's peers [{}] do not match upstream \"{name}\"'s servers [{}]",
-                    want.join(", "),
-                    peers.join(", ")
-                ),
+        Ok((u, PeerMatch::of(&self.shape.upstreams[u].peers, peers)))
+    }
+
+    /// The weights of action `a` for upstream `u`, mapped onto the peers of
+    /// a match: a known peer gets its weight, an unknown one
+    /// [`unknown_peer_weight`] of the action's weights.
+    pub fn weights_for(&self, a: usize, u: usize, m: &PeerMatch) -> Vec<u32> {
+        let ws = &self.doc.actions[a].weights[u];
+        let fill = unknown_peer_weight(ws);
+        m.to_policy
+            .iter()
+            .map(|q| q.and_then(|q| ws.get(q).copied()).unwrap_or(fill))
+            .collect()
+    }
+}
+
+/// The weight a version-1 policy gives a peer it does not know: the median
+/// of the action's weights for the upstream's known peers (rounded; the
+/// lower middle for an even count), i.e. a typical peer.
+pub fn unknown_peer_weight(ws: &[u32]) -> u32 {
+    let mut v = ws.to_vec();
+    v.sort_unstable();
+    v.get(v.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// How an nginx upstream's peers match a policy's list, by name.
+///
+/// Rules (issue #14 item 3): a peer listed in both gets the policy's
+/// features and weights whatever its position (reordered peers map
+/// exactly); a peer the upstream has but the policy does not ("unknown")
+/// gets [`unknown_peer_weight`]; a policy peer the upstream no longer has
+/// ("missing") leaves a hole in the policy's feature vector, so every
+/// observation is out of distribution and the default action is applied.
+/// None of it fails `nginx -t`: it logs a warning that says what did not
+/// match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerMatch {
+    /// For each upstream peer (nginx order), its index in the policy.
+    pub to_policy: Vec<Option<usize>>,
+    /// For each policy peer, its index in the upstream.
+    pub from_policy: Vec<Option<usize>>,
+    /// Upstream peers the policy does not know.
+    pub unknown: Vec<String>,
+    /// Policy peers the upstream does not have.
+    pub missing: Vec<String>,
+}
+
+impl PeerMatch {
+    /// Matches `peers` (the upstream's, in nginx order) against `policy`.
+    pub fn of(policy: &[String], peers: &[&str]) -> PeerMatch {
+        let to_policy: Vec<Option<usize>> = peers
+            .iter()
+            .map(|p| policy.iter().position(|q| q == p))
+            .collect();
+        let from_policy: Vec<Option<usize>> = policy
+            .iter()
+            .map(|q| peers.iter().position(|p| p == q))
+            .collect();
+        PeerMatch {
+            unknown: peers
+                .iter()
+                .zip(&to_policy)
+                .filter(|(_, q)| q.is_none())
+                .map(|(p, _)| (*p).to_owned())
+                .collect(),
+            missing: policy
+                .iter()
+                .zip(&from_policy)
+                .filter(|(_, p)| p.is_none())
+                .map(|(q, _)| q.clone())
+                .collect(),
+            to_policy,
+            from_policy,
+        }
+    }
+
+    /// Same peers in the same order.
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty()
+            && self.to_policy.len() == self.from_policy.len()
+            && self
+                .to_policy
+                .iter()
+                .enumerate()
+                .all(|(i, q)| *q == Some(i))
+    }
+
+    /// What did not match, in words (`None` when exact).
+    pub fn describe(&self) -> Option<String> {
+        if self.is_exact() {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if !self.unknown.is_empty() {
+            parts.push(format!(
+                "peers unknown to the policy get the median weight of each action: {}",
+                self.unknown.join(", ")
             ));
         }
-        Ok(u)
+        if !self.missing.is_empty() {
+            parts.push(format!(
+                "policy peers missing from the upstream make every observation out of \
+                 distribution (default action): {}",
+                self.missing.join(", ")
+            ));
+        }
+        if parts.is_empty() {
+            parts.push("the peers are in another order; matched by name".into());
+        }
+        Some(parts.join("; "))
+    }
+}
+
+/// A policy of either kind, as the module and the learner load it: a
+/// version-1 table policy ([`Policy`]) or a version-2 per-peer policy
+/// ([`crate::perpeer::PerPeerPolicy`]).
+#[derive(Debug, Clone)]
+pub enum LoadedPolicy {
+    /// Version 1: one state for the whole agent, a table state -> weights.
+    Table(std::sync::Arc<Policy>),
+    /// Version 2, `"kind": "per_peer"`.
+    PerPeer(std::sync::Arc<crate::perpeer::PerPeerPolicy>),
+}
+
+/// Just enough of a document to tell the kinds apart.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    version: Option<serde_json::Value>,
+    #[serde(default)]
+    kind: Option<serde_json::Value>,
+}
+
+impl LoadedPolicy {
+    /// Parses and validates either kind: a document with `"kind"` or
+    /// `"version": 2` is read as a per-peer policy, anything else as
+    /// version 1 (whose errors then say what is wrong).
+    pub fn from_json_str(text: &str, source_name: &str) -> Result<LoadedPolicy, PolicyError> {
+        // Only an object can be a per-peer document (serde would also read
+        // the probe from an array).
+        let object = text.trim_start().starts_with('{');
+        let per_peer = object
+            && serde_json::from_str::<Probe>(text).is_ok_and(|p| {
+                p.kind.is_some()
+                    || p.version.and_then(|v| v.as_u64())
+                        == Some(u64::from(crate::perpeer::PER_PEER_VERSION))
+            });
+        if per_peer {
+            crate::perpeer::PerPeerPolicy::from_json_str(text, source_name)
+                .map(|p| LoadedPolicy::PerPeer(std::sync::Arc::new(p)))
+        } else {
+            Policy::from_json_str(text, source_name)
+                .map(|p| LoadedPolicy::Table(std::sync::Arc::new(p)))
+        }
+    }
+
+    /// Reads and validates a policy file of either kind.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<LoadedPolicy, PolicyError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            source_name: name.clone(),
+            path: "$".into(),
+            problem: format!("cannot read the file: {e}"),
+        })?;
+        Self::from_json_str(&text, &name)
+    }
+
+    /// The decision mode serving it, `epsilon=` as given.
+    pub fn mode(&self, epsilon: f64) -> crate::decision::Mode {
+        match self {
+            LoadedPolicy::Table(p) => crate::decision::Mode::Policy {
+                policy: std::sync::Arc::clone(p),
+                epsilon,
+            },
+            LoadedPolicy::PerPeer(p) => crate::decision::Mode::PerPeer {
+                policy: std::sync::Arc::clone(p),
+                epsilon,
+            },
+        }
+    }
+
+    /// `table` or `per_peer`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LoadedPolicy::Table(_) => "table",
+            LoadedPolicy::PerPeer(_) => crate::perpeer::PER_PEER_KIND,
+        }
+    }
+
+    /// The agent's upstreams as the policy lists them.
+    pub fn shape(&self) -> &AgentShape {
+        match self {
+            LoadedPolicy::Table(p) => p.shape(),
+            LoadedPolicy::PerPeer(p) => p.shape(),
+        }
+    }
+
+    /// Decision interval, ms.
+    pub fn interval_ms(&self) -> u64 {
+        match self {
+            LoadedPolicy::Table(p) => p.interval_ms(),
+            LoadedPolicy::PerPeer(p) => p.document().interval_ms,
+        }
+    }
+
+    /// `provenance.choose` (see [`Policy::learned_under`]).
+    pub fn learned_under(&self) -> Option<&str> {
+        self.provenance().get("choose").and_then(|v| v.as_str())
+    }
+
+    fn provenance(&self) -> &serde_json::Map<String, serde_json::Value> {
+        match self {
+            LoadedPolicy::Table(p) => &p.doc.provenance,
+            LoadedPolicy::PerPeer(p) => &p.document().provenance,
+        }
+    }
+
+    /// Provenance as JSON.
+    pub fn provenance_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.provenance().clone())
+    }
+
+    /// The file's format version.
+    pub fn format_version(&self) -> u32 {
+        match self {
+            LoadedPolicy::Table(p) => p.format_version(),
+            LoadedPolicy::PerPeer(p) => p.document().version,
+        }
+    }
+
+    /// Number of states.
+    pub fn states(&self) -> usize {
+        match self {
+            LoadedPolicy::Table(p) => p.states(),
+            LoadedPolicy::PerPeer(p) => p.states(),
+        }
+    }
+
+    /// Number of actions (table) or of multipliers (per peer: one a state).
+    pub fn actions(&self) -> usize {
+        match self {
+            LoadedPolicy::Table(p) => p.actions().len(),
+            LoadedPolicy::PerPeer(p) => p.states(),
+        }
+    }
+
+    /// Scaling advice of a state (table policies only).
+    pub fn scaling(&self, state: usize) -> Option<&'static str> {
+        match self {
+            LoadedPolicy::Table(p) => p.scaling(state),
+            LoadedPolicy::PerPeer(_) => None,
+        }
+    }
+
+    /// Matches an upstream (see [`Policy::check_upstream`]); a per-peer
+    /// policy serves any peers, so its match only says which peers have a
+    /// recorded baseline.
+    pub fn check_upstream(
+        &self,
+        name: &str,
+        peers: &[&str],
+    ) -> Result<(usize, PeerMatch), PolicyError> {
+        match self {
+            LoadedPolicy::Table(p) => p.check_upstream(name, peers),
+            LoadedPolicy::PerPeer(p) => p.check_upstream(name, peers),
+        }
+    }
+
+    /// The `nginx -t` warning for a match (`None`: nothing to say). A
+    /// per-peer policy serves any set of peers; it only says which peers
+    /// have no recorded baseline.
+    pub fn mismatch_warning(&self, upstream: &str, m: &PeerMatch) -> Option<String> {
+        match self {
+            LoadedPolicy::Table(_) => m.describe(),
+            LoadedPolicy::PerPeer(p) => {
+                let unknown: Vec<&str> = m
+                    .unknown
+                    .iter()
+                    .filter(|q| p.baseline(upstream, q, 1).1 != crate::perpeer::Known::Recorded)
+                    .map(String::as_str)
+                    .collect();
+                (!unknown.is_empty()
+                    && p.document().baseline.source == crate::perpeer::BaselineSource::Capacity)
+                    .then(|| {
+                        format!(
+                            "peers without a recorded capacity get the median baseline of the \
+                             upstream: {}",
+                            unknown.join(", ")
+                        )
+                    })
+            }
+        }
+    }
+
+    /// What the policy makes of a peer, for the status: `known`,
+    /// `unknown` (v1: the median weight; per peer: the median baseline) or
+    /// `configured` (per peer: the configured weight as baseline).
+    pub fn peer_knowledge(&self, upstream: &str, peer: &str) -> &'static str {
+        match self {
+            LoadedPolicy::Table(p) => {
+                let known = p
+                    .shape()
+                    .upstreams
+                    .iter()
+                    .find(|u| u.name == upstream)
+                    .is_some_and(|u| u.peers.iter().any(|q| q == peer));
+                if known {
+                    "known"
+                } else {
+                    "unknown"
+                }
+            }
+            LoadedPolicy::PerPeer(p) => match p.baseline(upstream, peer, 1).1 {
+                crate::perpeer::Known::Recorded => "known",
+                crate::perpeer::Known::Median => "unknown",
+                crate::perpeer::Known::Configured => "configured",
+            },
+        }
     }
 }
 

@@ -52,6 +52,14 @@ pub struct SamplePeer {
     /// Over a log, `dispatched` plus `late` add up to every try.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub late: Option<DispatchedCounts>,
+    /// The peer's GMM state under a per-peer policy (absent otherwise, and
+    /// when its features were out of distribution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<usize>,
+    /// The multiplier a per-peer policy applied to the peer's baseline
+    /// weight (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
     /// What the active health checks found at the interval's end (absent
     /// without `deep_sched_check`, and in logs written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +143,14 @@ pub struct SampleRecord {
     /// over `|A|` actions. Absent in older logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propensity: Option<f64>,
+    /// For a continuous draw (`explore spread=σ`, or `epsilon=` that
+    /// perturbed the weights): the natural log of the density of the drawn
+    /// log-multipliers `y_i = ln(w_i / base_i)`, `Σ_i [−y_i²/(2σ²) −
+    /// ln(σ√(2π))]`, plus `ln ε` when `epsilon=ε` chose to perturb
+    /// (`propensity` is then absent). Densities are taken before the
+    /// weights are rounded to whole numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_density: Option<f64>,
     /// The `seq` of the record whose interval the peers' `dispatched`
     /// counts were dispatched in (`seq − 1`: a record is written when its
     /// own interval's tries are still in flight). Absent in older logs and

@@ -91,8 +91,10 @@ pub struct PolicyStatus {
     pub format_version: u32,
     /// Number of GMM states.
     pub states: usize,
-    /// Number of actions.
+    /// Number of actions (per-peer policies: of multipliers, one a state).
     pub actions: usize,
+    /// `table` (version 1) or `per_peer` (version 2).
+    pub kind: String,
     /// Provenance, as in the file (learner, algorithm, samples, created...).
     pub provenance: serde_json::Value,
 }
@@ -208,6 +210,13 @@ pub struct PeerStatus {
     /// Weight set through the runtime API (`null`: none).
     #[serde(rename = "adminWeight")]
     pub admin_weight: Option<u32>,
+    /// What the agent's policy makes of the peer (absent without a
+    /// policy): `known` (listed in it), `unknown` (a table policy gives it
+    /// the median weight of each action; a per-peer policy the median
+    /// recorded baseline) or `configured` (a per-peer policy's baseline is
+    /// the peer's `weight=`).
+    #[serde(rename = "policyPeer", skip_serializing_if = "Option::is_none")]
+    pub policy_peer: Option<String>,
     /// What the active health checks found (absent without
     /// `deep_sched_check`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -588,6 +597,7 @@ mod tests {
                 last_error: Some("timeout".into()),
                 last_status: None,
             }),
+            policy_peer: None,
         };
         StatusDocument {
             module: "deep_sched/0.1.0".into(),

@@ -43,7 +43,8 @@ fn the_example_is_valid() {
             "backend",
             &["127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"]
         )
-        .unwrap(),
+        .unwrap()
+        .0,
         0
     );
 }
@@ -324,16 +325,67 @@ fn bad_policies_name_the_path_and_the_problem() {
 }
 
 #[test]
-fn upstream_mismatch_is_explained() {
+fn upstream_mismatch_is_matched_by_identity_and_explained() {
     let p = Policy::from_json_str(&good().to_string(), "p.json").unwrap();
-    let e = p
+    // Exact.
+    let (u, m) = p
+        .check_upstream(
+            "backend",
+            &["127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"],
+        )
+        .unwrap();
+    assert_eq!(u, 0);
+    assert!(m.is_exact() && m.describe().is_none());
+    // Reordered: every peer maps to its own entry, nothing is missing.
+    let (_, m) = p
+        .check_upstream(
+            "backend",
+            &["127.0.0.1:18083", "127.0.0.1:18081", "127.0.0.1:18082"],
+        )
+        .unwrap();
+    assert_eq!(m.to_policy, vec![Some(2), Some(0), Some(1)]);
+    assert_eq!(m.from_policy, vec![Some(1), Some(2), Some(0)]);
+    assert!(!m.is_exact());
+    assert!(m.describe().unwrap().contains("another order"), "{m:?}");
+    // A peer replaced: one unknown, one missing, both named.
+    let (_, m) = p
         .check_upstream(
             "backend",
             &["127.0.0.1:1", "127.0.0.1:18082", "127.0.0.1:18083"],
         )
-        .unwrap_err();
-    assert!(e.to_string().contains("do not match"), "{e}");
-    assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+        .unwrap();
+    assert_eq!(m.unknown, vec!["127.0.0.1:1"]);
+    assert_eq!(m.missing, vec!["127.0.0.1:18081"]);
+    let text = m.describe().unwrap();
+    assert!(
+        text.contains("unknown to the policy") && text.contains("127.0.0.1:1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("out of distribution") && text.contains("127.0.0.1:18081"),
+        "{text}"
+    );
+    // An added peer gets the median of each action's weights.
+    let (_, m) = p
+        .check_upstream(
+            "backend",
+            &[
+                "127.0.0.1:18081",
+                "127.0.0.1:18082",
+                "127.0.0.1:18083",
+                "127.0.0.1:9",
+            ],
+        )
+        .unwrap();
+    assert!(m.missing.is_empty());
+    for a in 0..p.actions().len() {
+        let ws = p.weights_for(a, 0, &m);
+        assert_eq!(&ws[..3], &p.actions()[a].weights[0][..]);
+        let mut sorted = p.actions()[a].weights[0].clone();
+        sorted.sort_unstable();
+        assert_eq!(ws[3], sorted[1], "action {a}");
+    }
+    // An upstream the policy does not list is still an error.
     let e = p.check_upstream("other", &[]).unwrap_err();
     assert!(e.to_string().contains("no upstream \"other\""), "{e}");
 }

@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use deep_sched_core::counters::{latency_bucket, PeerCounters};
 use deep_sched_core::decision::{Decider, Mode};
-use deep_sched_core::policy::Policy;
+use deep_sched_core::perpeer::PerPeerPolicy;
+use deep_sched_core::policy::{LoadedPolicy, Policy};
 use deep_sched_core::samples::SampleRecord;
 use rand::SeedableRng;
 use serde_json::{json, Value};
@@ -75,10 +76,13 @@ fn policies_the_code_accepts_and_writes_are_schema_valid() {
     for entry in std::fs::read_dir(root().join("policies/examples")).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        let policy = Policy::from_json_str(&text, &path.display().to_string())
+        let policy = LoadedPolicy::from_json_str(&text, &path.display().to_string())
             .unwrap_or_else(|e| panic!("{e}"));
         docs.push(serde_json::from_str::<Value>(&text).unwrap());
-        docs.push(serde_json::to_value(policy.to_document()).unwrap());
+        docs.push(match policy {
+            LoadedPolicy::Table(p) => serde_json::to_value(p.to_document()).unwrap(),
+            LoadedPolicy::PerPeer(p) => serde_json::to_value(p.document()).unwrap(),
+        });
     }
     // The other covariance forms the code reads.
     let mut diag_prec = example();
@@ -106,6 +110,109 @@ fn policies_the_code_accepts_and_writes_are_schema_valid() {
     {
         assert!(errors.is_empty(), "{errors:#?}\nin {doc}");
     }
+}
+
+fn per_peer_example() -> Value {
+    serde_json::from_str(include_str!("../../../policies/examples/per-peer.json")).unwrap()
+}
+
+#[test]
+fn schema_and_code_refuse_the_same_per_peer_documents() {
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut d = per_peer_example();
+        f(&mut d);
+        d
+    };
+    let cases: Vec<(&str, Value, bool)> = vec![
+        ("unchanged", per_peer_example(), true),
+        ("kind", edit(&|d| d["kind"] = json!("per_request")), false),
+        (
+            "no kind",
+            edit(&|d| drop(d.as_object_mut().unwrap().remove("kind"))),
+            false,
+        ),
+        ("version 1", edit(&|d| d["version"] = json!(1)), false),
+        (
+            "multiplier 0",
+            edit(&|d| d["multipliers"][0] = json!(0.0)),
+            false,
+        ),
+        (
+            "multiplier huge",
+            edit(&|d| d["multipliers"][0] = json!(1e4)),
+            false,
+        ),
+        (
+            "multiplier string",
+            edit(&|d| d["multipliers"][0] = json!("1")),
+            false,
+        ),
+        (
+            "default 0.001",
+            edit(&|d| d["default_multiplier"] = json!(0.001)),
+            true,
+        ),
+        (
+            "unknown feature",
+            edit(&|d| d["peer_features"][0] = json!("vibes")),
+            false,
+        ),
+        (
+            "subset of features",
+            edit(&|d| {
+                d["peer_features"] = json!(["latency_ratio"]);
+                d["standardization"] = json!({"mean": [0.0], "std": [1.0]});
+                let k = d["multipliers"].as_array().unwrap().len();
+                d["gmm"]["means"] = json!(vec![vec![0.0]; k]);
+                d["gmm"]["covariances"] = json!(vec![vec![1.0]; k]);
+            }),
+            true,
+        ),
+        (
+            "no baseline",
+            edit(&|d| drop(d.as_object_mut().unwrap().remove("baseline"))),
+            false,
+        ),
+        (
+            "baseline source",
+            edit(&|d| d["baseline"]["source"] = json!("oracle")),
+            false,
+        ),
+        (
+            "baseline negative",
+            edit(&|d| d["baseline"]["weights"]["backend"]["127.0.0.1:18081"] = json!(-1.0)),
+            false,
+        ),
+        (
+            "configured",
+            edit(&|d| d["baseline"] = json!({"source": "configured"})),
+            true,
+        ),
+        (
+            "no peers listed",
+            edit(&|d| d["agent"]["upstreams"][0]["peers"] = json!([])),
+            true,
+        ),
+        ("unknown key", edit(&|d| d["table"] = json!([0])), false),
+        (
+            "ood null",
+            edit(&|d| d["ood_log_likelihood"] = Value::Null),
+            true,
+        ),
+    ];
+    let docs: Vec<Value> = cases.iter().map(|(_, d, _)| d.clone()).collect();
+    let reference = reference_errors("policy.schema.json", &docs);
+    let mut disagreements = Vec::new();
+    for ((name, doc, valid), errors) in cases.iter().zip(&reference) {
+        let code = PerPeerPolicy::from_json_str(&doc.to_string(), name);
+        if code.is_ok() != *valid {
+            disagreements.push(format!("{name}: the code says {:?}", code.err()));
+        }
+        if errors.is_empty() != *valid {
+            disagreements.push(format!("{name}: the schema says {errors:?}"));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
 }
 
 /// A copy of the example with `edit` applied.
@@ -373,23 +480,58 @@ fn sample_records_of_every_mode_are_schema_valid_and_read_back() {
         .map(|u| (u.name.clone(), u.peers.clone()))
         .collect();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+    let per_peer = Arc::new(
+        PerPeerPolicy::from_json_str(&per_peer_example().to_string(), "per-peer").unwrap(),
+    );
     let modes = [
-        Mode::Observe,
-        Mode::Explore {
-            weights: vec![1, 3, 5],
-        },
-        Mode::Policy {
-            policy: policy.clone(),
-            epsilon: 0.0,
-        },
-        Mode::Policy {
-            policy,
-            epsilon: 1.0,
-        },
+        (None, Mode::Perturb { spread: 0.5 }),
+        (
+            None,
+            Mode::PerPeer {
+                policy: per_peer.clone(),
+                epsilon: 0.0,
+            },
+        ),
+        (
+            Some(0.3),
+            Mode::PerPeer {
+                policy: per_peer,
+                epsilon: 1.0,
+            },
+        ),
+        (
+            Some(0.3),
+            Mode::Policy {
+                policy: policy.clone(),
+                epsilon: 1.0,
+            },
+        ),
+        (None, Mode::Observe),
+        (
+            None,
+            Mode::Explore {
+                weights: vec![1, 3, 5],
+            },
+        ),
+        (
+            None,
+            Mode::Policy {
+                policy: policy.clone(),
+                epsilon: 0.0,
+            },
+        ),
+        (
+            None,
+            Mode::Policy {
+                policy,
+                epsilon: 1.0,
+            },
+        ),
     ];
     let mut lines = Vec::new();
-    for mode in modes {
-        let mut decider = Decider::new(mode, "backend", upstreams.clone(), vec![vec![1, 1, 1]]);
+    for (spread, mode) in modes {
+        let mut decider = Decider::new(mode, "backend", upstreams.clone(), vec![vec![1, 1, 1]])
+            .with_spread(spread);
         let mut prev = vec![vec![PeerCounters::default(); 3]];
         for (seq, slow) in [(1u64, 5u64), (2, 300)] {
             let cur = cumulative([5, 5, slow], 100 * seq);

@@ -10,7 +10,8 @@
 //!   Q-learning, LinUCB);
 //! - [`reward`]: the reward expression;
 //! - [`report`]: PNG plots of a policy against a sample log;
-//! - [`learn`]: the pipeline;
+//! - [`learn`]: the pipeline (version-1 table policies);
+//! - [`perpeer`]: the per-peer pipeline (version-2 policies);
 //! - [`ope`]: off-policy evaluation (IPS, direct method, doubly robust)
 //!   and the keep-the-baseline-unless-confident decision rule;
 //! - [`synth`]: a synthetic sample log and M/M/c queueing data for tests
@@ -23,6 +24,7 @@ pub mod em;
 pub mod learn;
 pub mod mdp;
 pub mod ope;
+pub mod perpeer;
 pub mod reader;
 pub mod report;
 pub mod reward;

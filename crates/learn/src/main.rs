@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use deep_sched_core::gmm::CovarianceKind;
-use deep_sched_core::policy::Policy;
+use deep_sched_core::policy::{LoadedPolicy, Policy};
 use deep_sched_learn::learn::{learn, Algorithm, LearnOptions, States};
 
 #[derive(Parser)]
@@ -24,6 +24,15 @@ struct Cli {
 enum Covariance {
     Full,
     Diag,
+}
+
+/// Which policy kind `learn` writes.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    /// Version 1: one state for the whole agent, a table state -> weights per peer by position.
+    Table,
+    /// Version 2: a state per peer, a shared table state -> multiplier on the peer's capacity baseline.
+    PerPeer,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -44,9 +53,12 @@ enum Command {
         /// Where to write the policy.
         #[arg(long)]
         out: PathBuf,
-        /// Number of states, or "auto" (lowest BIC).
-        #[arg(long, default_value = "27")]
-        states: String,
+        /// Policy kind: `per-peer` (version 2: order- and size-invariant, capacity baselines, per-state off-policy decisions) or `table` (version 1).
+        #[arg(long, value_enum, default_value = "per-peer")]
+        kind: Kind,
+        /// Number of states, or "auto" (table: lowest BIC; per-peer: the default). Default: 27 (table), 4 (per-peer).
+        #[arg(long)]
+        states: Option<String>,
         #[arg(long, value_enum, default_value = "full")]
         covariance: Covariance,
         #[arg(long, value_enum, default_value = "value-iteration")]
@@ -153,6 +165,7 @@ fn main() -> anyhow::Result<()> {
         Command::Learn {
             samples,
             out,
+            kind,
             states,
             covariance,
             algo,
@@ -172,6 +185,13 @@ fn main() -> anyhow::Result<()> {
             tol,
             reg_covar,
         } => {
+            let per_peer_states = match (kind, states.as_deref()) {
+                (Kind::PerPeer, Some(s)) if s != "auto" => s
+                    .parse::<usize>()
+                    .with_context(|| format!("--states {s}: expected a number or \"auto\""))?,
+                _ => deep_sched_learn::perpeer::DEFAULT_STATES,
+            };
+            let states = states.unwrap_or_else(|| "27".into());
             let states = match states.as_str() {
                 "auto" => States::Auto,
                 s => States::Fixed(
@@ -223,6 +243,21 @@ fn main() -> anyhow::Result<()> {
                 reg_covar,
                 ..LearnOptions::default()
             };
+            if kind == Kind::PerPeer {
+                let learned =
+                    deep_sched_learn::perpeer::learn_per_peer(&samples, &opts, per_peer_states)?;
+                let text = serde_json::to_string_pretty(&learned.policy)?;
+                std::fs::write(&out, text + "\n")
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                print!("{}", learned.summary);
+                println!(
+                    "policy: {} (per-peer, {} states, {} rows)",
+                    out.display(),
+                    learned.policy.multipliers.len(),
+                    learned.rows
+                );
+                return Ok(());
+            }
             let bar = std::io::stderr().is_terminal().then(|| {
                 let b = indicatif::ProgressBar::new_spinner();
                 b.set_style(
@@ -258,6 +293,30 @@ fn main() -> anyhow::Result<()> {
             );
         }
         Command::Inspect { policy } => {
+            if let LoadedPolicy::PerPeer(p) = LoadedPolicy::load(&policy)? {
+                let doc = p.document();
+                println!(
+                    "policy {} (format {} v{}, {}), interval {} ms",
+                    policy.display(),
+                    doc.format,
+                    doc.version,
+                    doc.kind,
+                    doc.interval_ms
+                );
+                for (k, v) in &doc.provenance {
+                    println!("  {k}: {v}");
+                }
+                println!("baseline: {}", serde_json::to_string(&doc.baseline)?);
+                println!("features: {}", serde_json::to_string(&doc.peer_features)?);
+                println!(
+                    "{:>5}  {:>7}  multiplier (default {})",
+                    "state", "mix", doc.default_multiplier
+                );
+                for (s, m) in doc.multipliers.iter().enumerate() {
+                    println!("{s:>5}  {:>7.4}  x{m}", doc.gmm.weights[s]);
+                }
+                return Ok(());
+            }
             let p = Policy::load(policy.display().to_string())?;
             let doc = p.to_document();
             let shape = p.shape();

@@ -57,6 +57,13 @@ pub struct Observation {
     /// The per-request choice (`wrr`, `p2c`) the weights were applied
     /// with, when the log says (sample logs from this version on).
     pub choose: Option<String>,
+    /// The record's decision number (sample logs).
+    pub seq: Option<u64>,
+    /// The decision whose interval the `dispatched` counts belong to.
+    pub dispatched_seq: Option<u64>,
+    /// Per peer `[u][p]`, the tries dispatched in interval
+    /// `dispatched_seq` (sample logs from the dispatch-interval credit on).
+    pub dispatched: Option<Vec<Vec<deep_sched_core::samples::DispatchedCounts>>>,
 }
 
 /// Counts of a read.
@@ -186,6 +193,13 @@ pub fn read_samples(
                         next_weights: Some(r.weights.clone()),
                         logged_features: Some(r.features.clone()),
                         choose: r.choose.clone(),
+                        seq: Some(r.seq),
+                        dispatched_seq: r.dispatched_seq,
+                        dispatched: r
+                            .upstreams
+                            .iter()
+                            .map(|u| u.peers.iter().map(|p| p.dispatched).collect())
+                            .collect::<Option<Vec<Vec<_>>>>(),
                     });
                 }
                 Err(reason) if skip_bad => {
@@ -412,6 +426,9 @@ pub fn read_vts(
                     next_weights: None,
                     logged_features: None,
                     choose: None,
+                    seq: None,
+                    dispatched_seq: None,
+                    dispatched: None,
                 });
             }
             prev = Some(snap);

@@ -21,8 +21,19 @@ pub fn slow_phase(t: usize, phase: usize) -> bool {
     (t / phase.max(1)) % 2 == 1
 }
 
-/// Writes `records` JSON lines.
+/// Writes `records` JSON lines (peer 3 is the one that turns slow).
 pub fn synth(records: usize, seed: u64, phase: usize, out: &mut impl Write) -> std::io::Result<()> {
+    synth_with(records, seed, phase, 2, out)
+}
+
+/// [`synth`] with peer `slow` (0-based) the one that turns slow.
+pub fn synth_with(
+    records: usize,
+    seed: u64,
+    phase: usize,
+    slow: usize,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut decider = Decider::new(
         Mode::Explore {
@@ -47,7 +58,7 @@ pub fn synth(records: usize, seed: u64, phase: usize, out: &mut impl Write) -> s
         let prev = cum.clone();
         let total_w: u32 = weights.iter().sum();
         for p in 0..3 {
-            let service = if p == 2 && slow_phase(t, phase) {
+            let service = if p == slow && slow_phase(t, phase) {
                 50.0
             } else {
                 10.0
@@ -192,6 +203,9 @@ pub fn queueing_observations(
                 next_weights: Some(vec![vec![1; peers.len()]]),
                 logged_features: None,
                 choose: None,
+                seq: None,
+                dispatched_seq: None,
+                dispatched: None,
             }
         })
         .collect()

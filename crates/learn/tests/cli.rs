@@ -41,6 +41,8 @@ fn synth_learn_inspect_report() {
     );
     let learn_args = [
         "learn",
+        "--kind",
+        "table",
         "--samples",
         "s.jsonl",
         "--out",
@@ -133,4 +135,92 @@ fn bad_record_is_refused_with_file_and_line_or_skipped() {
     skip.push("--skip-bad");
     let summary = ok(d, &skip);
     assert!(summary.contains("299 read, 1 skipped"), "{summary}");
+}
+
+/// `learn --kind per-peer` (the default) writes a version-2 policy, prints
+/// one line per state with its decision, and `inspect` reads it.
+#[test]
+fn per_peer_learn_and_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(
+        d,
+        &[
+            "synth",
+            "--out",
+            "s.jsonl",
+            "--records",
+            "600",
+            "--seed",
+            "3",
+        ],
+    );
+    let summary = ok(
+        d,
+        &[
+            "learn",
+            "--kind",
+            "per-peer",
+            "--samples",
+            "s.jsonl",
+            "--out",
+            "pp.json",
+            "--states",
+            "3",
+            "--created",
+            "2026-01-01T00:00:00Z",
+        ],
+    );
+    for needle in [
+        "baseline",
+        "per-peer rows",
+        "decision",
+        "per-peer, 3 states",
+    ] {
+        assert!(summary.contains(needle), "'{needle}' not in:\n{summary}");
+    }
+    let lines = summary
+        .lines()
+        .filter(|l| l.contains(" — kept: ") || l.contains(" — changed: "))
+        .count();
+    assert_eq!(lines, 3, "one decision line per state:\n{summary}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("pp.json")).unwrap()).unwrap();
+    assert_eq!(
+        (doc["version"].as_u64(), doc["kind"].as_str()),
+        (Some(2), Some("per_peer"))
+    );
+    let inspect = ok(d, &["inspect", "pp.json"]);
+    assert!(
+        inspect.contains("per_peer") && inspect.contains("multiplier"),
+        "{inspect}"
+    );
+    // The default kind; "auto" is the default number of states.
+    let summary = ok(
+        d,
+        &[
+            "learn",
+            "--samples",
+            "s.jsonl",
+            "--out",
+            "x.json",
+            "--states",
+            "auto",
+        ],
+    );
+    assert!(summary.contains("per-peer, 4 states"), "{summary}");
+    let out = run(
+        d,
+        &[
+            "learn",
+            "--samples",
+            "s.jsonl",
+            "--out",
+            "y.json",
+            "--states",
+            "many",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--states many"));
 }

@@ -3,19 +3,55 @@
 //! Every input must give `Ok` or a typed error: never a panic, an abort or
 //! an endless loop.
 
-use deep_sched_core::policy::Policy;
+use deep_sched_core::perpeer::{PeerObservation, PerPeerPolicy};
+use deep_sched_core::policy::{LoadedPolicy, Policy};
 use deep_sched_core::samples::SampleRecord;
 
-/// `Policy::from_json_str` on arbitrary bytes; a policy that validates is
-/// then used as the module would: every state's action, and the GMM scoring
-/// of a few feature vectors (zeros, each component's mean, huge values).
+/// `LoadedPolicy::from_json_str` on arbitrary bytes; a policy that
+/// validates is then used as the module would: a table policy's every
+/// state's action and the GMM scoring of a few feature vectors (zeros, each
+/// component's mean, huge values), its upstreams matched by name (as
+/// listed, reversed, one peer added); a per-peer policy's decision on pools
+/// of ordinary and extreme peers.
 pub fn policy_from_json(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(policy) = Policy::from_json_str(text, "fuzz") else {
-        return;
+    match LoadedPolicy::from_json_str(text, "fuzz") {
+        Ok(LoadedPolicy::Table(p)) => table_policy(&p),
+        Ok(LoadedPolicy::PerPeer(p)) => per_peer_policy(&p),
+        Err(_) => {}
+    }
+}
+
+fn per_peer_policy(policy: &PerPeerPolicy) {
+    let obs = |l: Option<f64>, o: f64, e: f64| PeerObservation {
+        latency_ms: l,
+        occupancy: o,
+        error_rate: e,
     };
+    let pools = [
+        vec![obs(Some(5.0), 1.0, 0.0), obs(Some(50.0), 9.0, 0.1)],
+        vec![obs(None, 0.0, 0.0)],
+        vec![obs(Some(f64::MAX), f64::MAX, 1.0), obs(Some(0.0), 0.0, 0.0)],
+    ];
+    for pool in &pools {
+        let bases = vec![1.0; pool.len()];
+        let mut f = Vec::new();
+        for d in policy.decide_pool(pool, &bases, &mut f) {
+            assert!(d.state.is_none_or(|s| s < policy.states()));
+            assert!(d.weight > 0.0 && !d.weight.is_nan(), "{d:?}");
+        }
+    }
+    for u in &policy.shape().upstreams {
+        let peers: Vec<&str> = u.peers.iter().map(String::as_str).collect();
+        policy
+            .check_upstream(&u.name, &peers)
+            .expect("a policy matches its own upstreams");
+    }
+}
+
+fn table_policy(policy: &Policy) {
     for s in 0..policy.states() {
         let a = policy.action_for(s);
         assert!(a < policy.actions().len(), "state {s} -> action {a}");
@@ -39,9 +75,22 @@ pub fn policy_from_json(data: &[u8]) {
     let shape = policy.shape();
     for u in &shape.upstreams {
         let peers: Vec<&str> = u.peers.iter().map(String::as_str).collect();
-        policy
+        let (_, m) = policy
             .check_upstream(&u.name, &peers)
             .expect("a policy matches its own upstreams");
+        assert!(m.is_exact(), "{m:?}");
+        // Reordered and one added: matched by name, never an error.
+        let mut other: Vec<&str> = peers.iter().rev().copied().collect();
+        other.push("fuzz.invalid:1");
+        let (u_index, m) = policy
+            .check_upstream(&u.name, &other)
+            .expect("matched by name");
+        assert!(m.missing.is_empty() && m.unknown.len() == usize::from(!peers.contains(&"fuzz.invalid:1")));
+        for a in 0..policy.actions().len() {
+            let ws = policy.weights_for(a, u_index, &m);
+            assert_eq!(ws.len(), other.len());
+            assert!(ws.iter().all(|&w| w >= 1));
+        }
     }
 }
 
