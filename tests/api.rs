@@ -21,22 +21,7 @@ fn call(nginx: &Nginx, method: &str, path: &str, body: &str) -> (u16, Value) {
     (r.status, v)
 }
 
-/// Requests each peer of upstream `up` served so far, by server.
-fn counts(st: &Value, up: &str) -> Vec<u64> {
-    st["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|a| a["upstreams"].as_array().unwrap().iter())
-        .find(|u| u["name"] == up)
-        .unwrap()["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["requestCounter"].as_u64().unwrap())
-        .collect()
-}
-
+/// The peers of upstream `up` in a status document.
 fn peers(st: &Value, up: &str) -> Vec<Value> {
     st["agents"]
         .as_array()
@@ -48,6 +33,14 @@ fn peers(st: &Value, up: &str) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// Requests each peer of upstream `up` served so far, in order.
+fn counts(st: &Value, up: &str) -> Vec<u64> {
+    peers(st, up)
+        .iter()
+        .map(|p| p["requestCounter"].as_u64().unwrap())
+        .collect()
 }
 
 fn config(b: &[BackendHandle], b2: &[BackendHandle], samples: bool) -> String {
