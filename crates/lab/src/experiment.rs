@@ -730,6 +730,9 @@ pub fn explore_and_learn(
         .arg("--seed")
         .arg(settings.seed.to_string())
         .args(&settings.learn_args);
+    // the log is committed: no backtraces with this machine's paths
+    cmd.env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0");
     let command = format!("{cmd:?}");
     eprintln!("{}: learning: {command}", scenario.id);
     let out = cmd.output().map_err(|e| ExperimentError::Learn {

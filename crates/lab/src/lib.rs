@@ -12,12 +12,15 @@
 //! - [`experiment`], [`nginx`], [`report`]: the experiment runner
 //!   (`deep-sched-lab`): scenarios x balancers behind a real nginx, reports;
 //! - [`generate`]: scenarios generated from a seed (`G<seed>`), for
-//!   judging on scenarios a design was not tuned on.
+//!   judging on scenarios a design was not tuned on;
+//! - [`heldout`]: the held-out judgement (issue #13): every balancer and the
+//!   learned loop per seed, excess over the one-pool reference, targets.
 
 pub mod backend;
 pub mod dist;
 pub mod experiment;
 pub mod generate;
+pub mod heldout;
 pub mod load;
 pub mod nginx;
 pub mod percentiles;

@@ -50,6 +50,28 @@ pub enum Balancer {
         /// will be served with.
         p2c: bool,
     },
+    /// `least_conn;` with each server's `weight=` proportional to its
+    /// true (time-averaged) capacity ([`crate::heldout::true_capacity_weights`]):
+    /// what an operator who knew the capacities exactly would configure.
+    LeastConnWeighted {
+        /// One weight per peer, in upstream order (1..=1000).
+        weights: Vec<u32>,
+    },
+    /// nginx >= 1.31 `least_time header;` (EWMA of the time to the
+    /// response header × (connections + 1) / weight; needs the upstream's
+    /// `zone`, which the lab's template always has).
+    LeastTime,
+    /// `deep_sched choose=p2c;`: observe-only with the power of two
+    /// choices over the configured (equal) weights; no policy, no
+    /// learning: deep_sched's own per-request heuristic alone.
+    DeepSchedEqualP2c,
+    /// `deep_sched choose=p2c;` with each server's `weight=` proportional
+    /// to its true capacity: the static capacity oracle under deep_sched's
+    /// p2c (the learner's baseline with perfect capacity estimates).
+    DeepSchedOracleP2c {
+        /// One weight per peer, in upstream order (1..=1000).
+        weights: Vec<u32>,
+    },
     /// `deep_sched POLICY choose=p2c|wrr [log=...];`.
     DeepSched {
         /// Policy file.
@@ -72,6 +94,10 @@ impl Balancer {
             Balancer::HashConsistent => "hash_consistent",
             Balancer::HashUriConsistent => "nginx_hash_uri_consistent",
             Balancer::OnePool => ONE_POOL,
+            Balancer::LeastConnWeighted { .. } => "least_conn_capacity",
+            Balancer::LeastTime => "least_time",
+            Balancer::DeepSchedEqualP2c => "deep_sched_equal_p2c",
+            Balancer::DeepSchedOracleP2c { .. } => "deep_sched_oracle_p2c",
             Balancer::DeepSchedExplore { .. } => "deep_sched_explore",
             Balancer::DeepSched { p2c: false, .. } => "deep_sched",
             Balancer::DeepSched { p2c: true, .. } => "deep_sched_p2c",
@@ -82,7 +108,11 @@ impl Balancer {
     pub fn directive(&self) -> String {
         match self {
             Balancer::RoundRobin => "# round robin (default)".to_string(),
-            Balancer::LeastConn => "least_conn;".to_string(),
+            Balancer::LeastConn | Balancer::LeastConnWeighted { .. } => "least_conn;".to_string(),
+            Balancer::LeastTime => "least_time header;".to_string(),
+            Balancer::DeepSchedEqualP2c | Balancer::DeepSchedOracleP2c { .. } => {
+                "deep_sched choose=p2c;".to_string()
+            }
             Balancer::RandomTwo => "random two least_conn;".to_string(),
             Balancer::HashConsistent => "hash $request_id consistent;".to_string(),
             Balancer::HashUriConsistent => "hash $request_uri consistent;".to_string(),
@@ -128,8 +158,28 @@ impl Balancer {
     pub fn needs_module(&self) -> bool {
         matches!(
             self,
-            Balancer::DeepSchedExplore { .. } | Balancer::DeepSched { .. }
+            Balancer::DeepSchedExplore { .. }
+                | Balancer::DeepSched { .. }
+                | Balancer::DeepSchedEqualP2c
+                | Balancer::DeepSchedOracleP2c { .. }
         )
+    }
+
+    /// Whether it needs nginx >= 1.31 (`least_time` became open source
+    /// there).
+    pub fn needs_least_time(&self) -> bool {
+        matches!(self, Balancer::LeastTime)
+    }
+
+    /// The servers' `weight=` values, in upstream order, when it sets them
+    /// (`None`: nginx's default weight 1 for every server).
+    pub fn server_weights(&self) -> Option<&[u32]> {
+        match self {
+            Balancer::LeastConnWeighted { weights } | Balancer::DeepSchedOracleP2c { weights } => {
+                Some(weights)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -175,10 +225,18 @@ impl NginxConf {
             .upstreams
             .iter()
             .map(|u| {
+                let weights = self.balancer.server_weights();
                 let servers: String = u
                     .peers
                     .iter()
-                    .map(|p| format!("        server {p} max_fails=1 fail_timeout=2s;\n"))
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let weight = match weights.and_then(|w| w.get(i)) {
+                            Some(w) => format!(" weight={w}"),
+                            None => String::new(),
+                        };
+                        format!("        server {p}{weight} max_fails=1 fail_timeout=2s;\n")
+                    })
                     .collect();
                 fill(
                     UPSTREAM_TEMPLATE,
@@ -277,6 +335,20 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The version `nginx -v` prints (`nginx version: nginx/1.31.4`) as
+/// numbers, from that text.
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.split("nginx/").nth(1)?.split_whitespace().next()?;
+    let mut it = v.split('.').map(|x| x.parse::<u32>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+/// Whether an nginx of `version` has open-source `least_time` (1.31 and
+/// later).
+pub fn has_least_time(version: (u32, u32, u32)) -> bool {
+    version >= (1, 31, 0)
 }
 
 /// A port on 127.0.0.1 that was free a moment ago (bound to :0 and
@@ -452,6 +524,140 @@ mod tests {
             Balancer::RandomTwo.name(),
             Balancer::HashConsistent.name(),
         ]
+    }
+
+    #[test]
+    fn held_out_balancers_render_their_directives_and_weights() {
+        let weights = vec![1000, 250];
+        let cases = [
+            (
+                Balancer::LeastConnWeighted {
+                    weights: weights.clone(),
+                },
+                "least_conn_capacity",
+                "least_conn;",
+                true,
+            ),
+            (
+                Balancer::LeastTime,
+                "least_time",
+                "least_time header;",
+                false,
+            ),
+            (
+                Balancer::DeepSchedEqualP2c,
+                "deep_sched_equal_p2c",
+                "deep_sched choose=p2c;",
+                false,
+            ),
+            (
+                Balancer::DeepSchedOracleP2c {
+                    weights: weights.clone(),
+                },
+                "deep_sched_oracle_p2c",
+                "deep_sched choose=p2c;",
+                true,
+            ),
+        ];
+        for (b, name, directive, weighted) in cases {
+            assert_eq!(b.name(), name);
+            assert_eq!(b.directive(), directive);
+            let text = conf(b.clone()).render();
+            assert!(text.contains(&format!("        {directive}\n")), "{text}");
+            // least_time needs the shared zone: the template always has it
+            assert!(text.contains("zone social 256k;"), "{text}");
+            if weighted {
+                assert!(
+                    text.contains("server 127.0.0.1:1 weight=1000 max_fails=1 fail_timeout=2s;"),
+                    "{text}"
+                );
+                assert!(
+                    text.contains("server 127.0.0.1:2 weight=250 max_fails=1 fail_timeout=2s;"),
+                    "{text}"
+                );
+                assert_eq!(b.server_weights(), Some(&weights[..]));
+            } else {
+                assert!(!text.contains("weight="), "{text}");
+                assert_eq!(b.server_weights(), None);
+            }
+            assert_eq!(b.needs_least_time(), name == "least_time");
+            assert_eq!(b.needs_module(), name.starts_with("deep_sched"));
+        }
+        for b in [
+            Balancer::RoundRobin,
+            Balancer::LeastConn,
+            Balancer::RandomTwo,
+            Balancer::OnePool,
+        ] {
+            assert!(!conf(b).render().contains("weight="));
+        }
+        // the oracle and equal-weight p2c are deep_sched, not built-ins
+        assert!(!Balancer::is_builtin_name("deep_sched_equal_p2c"));
+        assert!(!Balancer::is_builtin_name("deep_sched_oracle_p2c"));
+        assert!(Balancer::is_builtin_name("least_time"));
+    }
+
+    #[test]
+    fn deep_sched_directives_are_what_the_module_parses() {
+        use deep_sched_core::directive::{parse, ChooseArg, ModeArg};
+        let words = |b: &Balancer| {
+            let d = b.directive();
+            let d = d.strip_prefix("deep_sched").unwrap().trim_end_matches(';');
+            d.split_whitespace().map(str::to_string).collect::<Vec<_>>()
+        };
+        let parsed = |b: &Balancer| {
+            let w = words(b);
+            parse(&w.iter().map(String::as_str).collect::<Vec<_>>()).unwrap()
+        };
+        // equal weights and the oracle: observe-only under p2c (the
+        // configured weights, no policy, no learning)
+        for b in [
+            Balancer::DeepSchedEqualP2c,
+            Balancer::DeepSchedOracleP2c {
+                weights: vec![3, 1],
+            },
+        ] {
+            let a = parsed(&b);
+            assert_eq!(a.mode, ModeArg::Observe);
+            assert_eq!((a.choose, a.choose_given), (ChooseArg::P2c, true));
+        }
+        for p2c in [true, false] {
+            let a = parsed(&Balancer::DeepSched {
+                policy: "/p.json".into(),
+                log: None,
+                p2c,
+            });
+            assert_eq!(a.mode, ModeArg::Policy("/p.json".into()));
+            let want = if p2c { ChooseArg::P2c } else { ChooseArg::Wrr };
+            assert_eq!((a.choose, a.choose_given), (want, true));
+        }
+        let a = parsed(&Balancer::DeepSchedExplore {
+            log: "/s.jsonl".into(),
+            weights: vec![1, 3],
+            interval_ms: 1000,
+            p2c: true,
+        });
+        assert_eq!(a.mode, ModeArg::Explore);
+        assert_eq!(a.weights, vec![1, 3]);
+    }
+
+    #[test]
+    fn least_time_needs_nginx_1_31() {
+        assert_eq!(
+            parse_version("nginx version: nginx/1.31.4\n"),
+            Some((1, 31, 4))
+        );
+        assert_eq!(
+            parse_version("nginx version: nginx/1.28.0"),
+            Some((1, 28, 0))
+        );
+        assert_eq!(parse_version("nginx version: nginx/2.0"), Some((2, 0, 0)));
+        for bad in ["", "nginx version: openresty", "nginx/x.y", "nginx/1"] {
+            assert_eq!(parse_version(bad), None, "{bad:?}");
+        }
+        assert!(has_least_time((1, 31, 0)) && has_least_time((1, 31, 4)));
+        assert!(has_least_time((2, 0, 0)));
+        assert!(!has_least_time((1, 30, 9)) && !has_least_time((1, 28, 0)));
     }
 
     #[test]

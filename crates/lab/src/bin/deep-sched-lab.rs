@@ -8,9 +8,11 @@
 //! deep-sched-lab scenario 1001           # a generated scenario as JSON
 //! deep-sched-lab run G3 --nginx build/sbin/nginx --duration 20s
 //! deep-sched-lab report results/S4     # report.md again from summary.json
+//! deep-sched-lab heldout --module M --learner L --least-time   # issue #13's judgement
+//! deep-sched-lab heldout-report results/heldout                 # its tables again
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -155,6 +157,57 @@ enum Cmd {
         /// Scenario result directories, e.g. results/S4.
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
+    },
+    /// The held-out judgement (issue #13): per seed, explore -> learn ->
+    /// serve and every comparison balancer, interleaved; writes
+    /// RESULTS/G<seed>.json, RESULTS/heldout.md and RESULTS/section.md
+    /// (RESULTS defaults to results/heldout). See scripts/lab-heldout.sh.
+    Heldout {
+        #[command(flatten)]
+        common: Common,
+        /// Seeds: `heldout` (lab/seeds/heldout.txt), `tuning`
+        /// (lab/seeds/tuning.txt, for design work), a list `3,7` or a file.
+        #[arg(long, default_value = "heldout")]
+        seeds: String,
+        /// Only the first N seeds of the list.
+        #[arg(long)]
+        first: Option<usize>,
+        /// Length of each evaluation run.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        duration: Duration,
+        /// Repetitions per balancer (at least 3 for a judgement).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Length of the exploration run.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+        explore: Duration,
+        /// deep_sched module (.so) built for --nginx; adds deep_sched p2c
+        /// with equal weights and the capacity oracle, and with --learner
+        /// the learned policy.
+        #[arg(long)]
+        module: Option<PathBuf>,
+        /// `deep-sched` learner binary.
+        #[arg(long)]
+        learner: Option<PathBuf>,
+        /// Add nginx's `least_time header` (--nginx must be >= 1.31).
+        #[arg(long)]
+        least_time: bool,
+        /// Extra argument for `deep-sched learn`, repeatable.
+        #[arg(long = "learn-arg", allow_hyphen_values = true)]
+        learn_args: Vec<String>,
+        /// The command quoted in the reports.
+        #[arg(long, default_value = "scripts/lab-heldout.sh")]
+        command: String,
+    },
+    /// Write RESULTS/heldout.md and RESULTS/section.md again from the
+    /// G<seed>.json files of a held-out run.
+    HeldoutReport {
+        /// The held-out results directory.
+        #[arg(default_value = "results/heldout")]
+        dir: PathBuf,
+        /// The command quoted in the reports.
+        #[arg(long, default_value = "scripts/lab-heldout.sh")]
+        command: String,
     },
     /// N = 2..6 idle peers, 10,000 requests each: std. dev. of per-peer
     /// counts; and the key study: 10,000 keys consistently hashed by each
@@ -372,6 +425,92 @@ fn main() -> anyhow::Result<()> {
                 let path = rerender_scenario_report(dir)?;
                 println!("{}", path.display());
             }
+        }
+        Cmd::Heldout {
+            common,
+            seeds,
+            first,
+            duration,
+            reps,
+            explore,
+            module,
+            learner,
+            least_time,
+            learn_args,
+            command,
+        } => {
+            use deep_sched_lab::heldout;
+            let mut list = heldout::resolve_seeds(&seeds).map_err(anyhow::Error::msg)?;
+            if let Some(n) = first {
+                anyhow::ensure!(n > 0, "--first {n}: at least one seed");
+                list.truncate(n);
+            }
+            if let Some(m) = &module {
+                anyhow::ensure!(m.is_file(), "--module {}: no such file", m.display());
+            }
+            if let Some(l) = &learner {
+                anyhow::ensure!(l.is_file(), "--learner {}: no such file", l.display());
+                anyhow::ensure!(module.is_some(), "--learner needs --module");
+            }
+            let version_text = Command::new(&common.nginx)
+                .arg("-v")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+                .unwrap_or_default();
+            if least_time {
+                let v = deep_sched_lab::nginx::parse_version(&version_text);
+                anyhow::ensure!(
+                    v.is_some_and(deep_sched_lab::nginx::has_least_time),
+                    "--least-time: {} is {:?}, least_time needs nginx >= 1.31 \
+                     (scripts/build-nginx-least-time.sh builds one from source)",
+                    common.nginx.display(),
+                    version_text.trim()
+                );
+            }
+            // the results go to results/heldout unless told otherwise
+            let mut common = common;
+            if common.results == Path::new("results") {
+                common.results = PathBuf::from("results/heldout");
+            }
+            let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+            let settings = Settings {
+                duration,
+                reps: reps.max(1),
+                module: module.map(abs),
+                learner: learner.map(abs),
+                explore,
+                learn_args,
+                ..settings(&common)?
+            };
+            let version = nginx_version(&settings.nginx);
+            let dir = settings.results_dir.clone();
+            let mut failed = Vec::new();
+            for seed in &list {
+                match heldout::run_seed(*seed, &settings, least_time, &version) {
+                    Ok(r) => {
+                        let path = heldout::write_result(&dir, &r).map_err(anyhow::Error::msg)?;
+                        heldout::write_reports(&dir, &command).map_err(anyhow::Error::msg)?;
+                        println!("G{seed}: {}", path.display());
+                    }
+                    Err(e) => {
+                        eprintln!("G{seed}: failed: {e}");
+                        failed.push(format!("G{seed}: {e}"));
+                    }
+                }
+            }
+            cleanup(&common, &settings);
+            println!("{}", dir.join("heldout.md").display());
+            anyhow::ensure!(
+                failed.is_empty(),
+                "seeds that failed:\n{}",
+                failed.join("\n")
+            );
+        }
+        Cmd::HeldoutReport { dir, command } => {
+            let results = deep_sched_lab::heldout::write_reports(&dir, &command)
+                .map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(!results.is_empty(), "{}: no G<seed>.json", dir.display());
+            println!("{}", dir.join("heldout.md").display());
         }
         Cmd::Distribution {
             common,
